@@ -1,0 +1,7 @@
+"""``python -m hotline`` runs the CLI."""
+
+from __future__ import annotations
+
+from hotline.cli import main
+
+raise SystemExit(main())

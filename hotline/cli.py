@@ -1,0 +1,123 @@
+"""The ``hotline`` command line: argument parsing and dispatch, nothing else.
+
+Each command lives in its own module under ``hotline/commands/`` with a
+``run(args: argparse.Namespace) -> int`` function, imported only when that command
+runs. That keeps client commands (``send``, ``inbox``, ``status``) fast: they never
+import trio or cryptography. Every ``UserError`` becomes one line on stderr and its
+exit code (DESIGN §6); nothing an operator can cause prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from hotline.errors import HotlineError, UsageError
+
+EX_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so usage errors share one path."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _add_link_options(p: argparse.ArgumentParser) -> None:
+    """``-c FILE`` or ``-i LINK``; with neither, the only config in /etc/hotline/."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-c", "--config", metavar="FILE", help="config file of the link")
+    g.add_argument(
+        "-i", "--link", metavar="LINK", help="link name, meaning /etc/hotline/LINK.toml"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``hotline`` argument parser (DESIGN §6 contract)."""
+    parser = _Parser(prog="hotline", description="A secure, always-on line between two ends.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("keygen", help="make an Ed25519 identity (OpenSSH format)")
+    p.add_argument("path", help="private key file to write; the public line goes to PATH.pub")
+    p.add_argument("--comment", default=None, help="comment for the .pub line")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    p = sub.add_parser("pubkey", help="print the .pub line and fingerprint of a key")
+    p.add_argument("path", help="private key or .pub file")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    _add_link_options(p)
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+
+    p = sub.add_parser("check", help="validate config, keys and permissions")
+    _add_link_options(p)
+
+    p = sub.add_parser("send", help="send a message (TEXT or stdin)")
+    _add_link_options(p)
+    p.add_argument("--wait", action="store_true", help="return only once acknowledged")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="with --wait: give up after S seconds (exit 75)")
+    p.add_argument("--lines", action="store_true", help="send each stdin line as a message")
+    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    p.add_argument("--type", default="text/plain", help="media type (default text/plain)")
+    p.add_argument("text", nargs="?", default=None, help="message text (default: stdin)")
+
+    p = sub.add_parser("inbox", help="print received messages")
+    _add_link_options(p)
+    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="only seqs above SEQ")
+    p.add_argument("--follow", action="store_true", help="keep printing new messages")
+    p.add_argument("--json", action="store_true", help="one JSON object per message")
+
+    p = sub.add_parser("status", help="show the link's state")
+    _add_link_options(p)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
+    p = sub.add_parser("verify", help="re-check every stored signature, chain link, receipt")
+    _add_link_options(p)
+
+    p = sub.add_parser("export", help="write a message and its SSH signature to DIR")
+    _add_link_options(p)
+    p.add_argument("seq", type=int, help="sequence number of a message")
+    p.add_argument("dir", help="directory to write msg and msg.sig into")
+    p.add_argument("--direction", choices=["in", "out"], default="in",
+                   help="received (in, default) or sent (out) message")
+
+    p = sub.add_parser("demo", help="two daemons on loopback: messages, failover, logs")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+
+    p = sub.add_parser("bench", help="measure handshake, RTT, acked msgs/s, failover")
+    p.add_argument("--messages", type=int, default=5000, help="messages for the rate test")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hotline`` console script. Returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.version:
+            from hotline import __version__
+
+            print(f"hotline {__version__}")
+            return 0
+        if args.command is None:
+            raise UsageError("hotline: a command is required (see hotline --help)")
+        module = importlib.import_module(f"hotline.commands.{args.command}")
+        code: int = module.run(args)
+        return code
+    except HotlineError as err:
+        print(f"hotline: {err}" if not str(err).startswith("hotline") else str(err),
+              file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

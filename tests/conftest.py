@@ -1,0 +1,39 @@
+"""Shared pytest options and fixtures.
+
+``--run-slow`` enables tests marked ``slow`` (long soaks, fuzz runs); the default
+suite stays under five minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow test: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def ssh_keygen() -> str:
+    """Path of the stock OpenSSH ``ssh-keygen``; skips the test where it is missing."""
+    path = shutil.which("ssh-keygen")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("ssh-keygen missing in CI: .ci/run should have installed openssh-client")
+        pytest.skip("ssh-keygen is not installed (apt-get install openssh-client)")
+    return path
