@@ -1,0 +1,104 @@
+"""Noise rev 34 test vectors (cacophony): every 25519/ChaChaPoly vector, all four hashes.
+
+The vector file is ``$HOTLINE_NOISE_VECTORS`` or ``<repo>/../shared/vectors/cacophony.txt``
+(format and message directions in that directory's README). Each vector runs both sides
+of the handshake with the fixed ephemerals and checks every ciphertext byte for byte,
+every payload, the handshake hash, then the transport messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotline.proto.noise import CipherState, HandshakeState
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = re.compile(r"Noise_[A-Za-z0-9]+_25519_ChaChaPoly_(BLAKE2s|BLAKE2b|SHA256|SHA512)")
+EXPECTED_COUNT = 236
+
+
+def _vector_file() -> Path | None:
+    env = os.environ.get("HOTLINE_NOISE_VECTORS")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "vectors" / "cacophony.txt")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+VECTOR_FILE = _vector_file()
+SKIP_REASON = ("Noise vector file not found: set HOTLINE_NOISE_VECTORS or put it at "
+               "../shared/vectors/cacophony.txt")
+
+
+def _load() -> list[dict[str, Any]]:
+    if VECTOR_FILE is None:
+        return []
+    data = json.loads(VECTOR_FILE.read_text())
+    return [v for v in data["vectors"] if NAME.fullmatch(v["protocol_name"])]
+
+
+VECTORS = _load()
+
+
+def _key(vector: dict[str, Any], field: str) -> bytes | None:
+    return bytes.fromhex(vector[field]) if field in vector else None
+
+
+def _side(vector: dict[str, Any], prefix: str, initiator: bool) -> HandshakeState:
+    def no_rng(n: int) -> bytes:
+        raise AssertionError("vectors fix every ephemeral")
+
+    return HandshakeState(
+        vector["protocol_name"], initiator, bytes.fromhex(vector[f"{prefix}_prologue"]),
+        s=_key(vector, f"{prefix}_static"), e=_key(vector, f"{prefix}_ephemeral"),
+        rs=_key(vector, f"{prefix}_remote_static"),
+        psks=[bytes.fromhex(p) for p in vector.get(f"{prefix}_psks", [])], rng=no_rng,
+    )
+
+
+def _run_handshake(vector: dict[str, Any], init: HandshakeState, resp: HandshakeState) -> int:
+    n = len(init.pattern.messages)
+    for i, msg in enumerate(vector["messages"][:n]):
+        writer, reader = (init, resp) if i % 2 == 0 else (resp, init)
+        payload = bytes.fromhex(msg["payload"])
+        ciphertext = writer.write_message(payload)
+        assert ciphertext.hex() == msg["ciphertext"], f"handshake message {i}"
+        assert reader.read_message(ciphertext) == payload
+    assert init.complete
+    assert resp.complete
+    expected = bytes.fromhex(vector["handshake_hash"])
+    assert init.handshake_hash == expected
+    assert resp.handshake_hash == expected
+    return n
+
+
+def _run_transport(vector: dict[str, Any], start: int, pairs: tuple[CipherState, ...],
+                   one_way: bool) -> None:
+    i_send, i_recv, r_send, r_recv = pairs
+    for i, msg in enumerate(vector["messages"][start:], start):
+        sender, receiver = (i_send, r_recv) if one_way or i % 2 == 0 else (r_send, i_recv)
+        payload = bytes.fromhex(msg["payload"])
+        ciphertext = sender.encrypt_with_ad(b"", payload)
+        assert ciphertext.hex() == msg["ciphertext"], f"transport message {i}"
+        assert receiver.decrypt_with_ad(b"", ciphertext) == payload
+
+
+@pytest.mark.skipif(VECTOR_FILE is None, reason=SKIP_REASON)
+def test_every_usable_vector_is_collected() -> None:
+    assert len(VECTORS) == EXPECTED_COUNT
+
+
+@pytest.mark.skipif(VECTOR_FILE is None, reason=SKIP_REASON)
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["protocol_name"] for v in VECTORS])
+def test_vector(vector: dict[str, Any]) -> None:
+    init = _side(vector, "init", initiator=True)
+    resp = _side(vector, "resp", initiator=False)
+    start = _run_handshake(vector, init, resp)
+    c1_i, c2_i = init.split()
+    c1_r, c2_r = resp.split()
+    _run_transport(vector, start, (c1_i, c2_i, c2_r, c1_r), init.pattern.one_way)
