@@ -90,6 +90,12 @@ class KeyPermissionError(UserError):
     exit_code = 77
 
 
+class AccessDeniedError(UserError):
+    """The OS denies us a file or socket we need (control socket, state directory)."""
+
+    exit_code = 77
+
+
 class DaemonUnreachableError(UserError):
     """The control socket is missing or refuses connections: the daemon is not running."""
 
