@@ -1,0 +1,172 @@
+"""Link frames: round trips, schema refusals, and fuzzing of the untrusted decoder."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hotline.errors import DecodeError, LimitError, RemoteProtocolError
+from hotline.proto.envelope import MAX_RECEIPT
+from hotline.proto.frames import (
+    MAX_RANGES,
+    Ack,
+    Data,
+    Frame,
+    Hello,
+    Keepalive,
+    Ping,
+    Pong,
+    Receipt,
+    decode_frame_untrusted,
+    encode_frame,
+    max_frame_len,
+)
+
+MAX_MESSAGE = 65536
+E = b"\x01" * 16
+SIG = b"\x02" * 64
+
+uints = st.integers(min_value=0, max_value=2**63 - 1)
+epochs = st.binary(min_size=16, max_size=16)
+sigs = st.binary(min_size=64, max_size=64)
+
+
+@st.composite
+def acks(draw: st.DrawFn) -> Ack:
+    upto = draw(st.integers(0, 2**40))
+    bounds = sorted(draw(st.sets(st.integers(upto + 1, upto + 10_000), max_size=2 * MAX_RANGES)))
+    if len(bounds) % 2:
+        bounds.pop()
+    ranges = tuple((bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2))
+    return Ack(draw(epochs), upto, ranges, draw(uints))
+
+
+frames: st.SearchStrategy[Frame] = st.one_of(
+    st.builds(Hello, epochs, uints, st.none() | epochs, uints),
+    st.builds(Data, st.binary(min_size=1, max_size=2000), sigs),
+    acks(),
+    st.builds(Receipt, st.binary(min_size=1, max_size=MAX_RECEIPT), sigs),
+    st.builds(Ping, uints, uints),
+    st.builds(Pong, uints, uints, uints),
+    st.just(Keepalive()),
+)
+
+
+@given(frames)
+def test_round_trip(frame: Frame) -> None:
+    assert decode_frame_untrusted(encode_frame(frame), MAX_MESSAGE) == frame
+
+
+def test_wire_layout_is_positional_array() -> None:
+    ack = Ack(E, 5, ((7, 9), (11, 11)), 4096)
+    assert msgpack.unpackb(encode_frame(ack)) == [3, E, 5, [[7, 9], [11, 11]], 4096]
+    assert msgpack.unpackb(encode_frame(Hello(E, 1, None, 0))) == [1, E, 1, None, 0]
+    assert encode_frame(Keepalive()) == b"\x91\x07"
+
+
+def _enc(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [],
+        {},
+        7,
+        [0],
+        [8],
+        [True],
+        [b"\x01"],
+        [7, 1],  # keepalive with an extra element
+        [1, E, 1, None],  # short HELLO
+        [1, E[:15], 1, None, 0],  # epoch length
+        [1, E, -1, None, 0],  # negative
+        [1, E, 2**63, None, 0],  # too big
+        [1, E, True, None, 0],  # bool is not int
+        [1, E, 1.0, None, 0],  # float
+        [1, E, 1, b"", 0],  # seen_epoch length
+        [2, b"", SIG],  # empty envelope
+        [2, "text", SIG],  # str where bytes expected
+        [2, b"x", SIG[:63]],
+        [3, E, 5, [[5, 6]], 10],  # range not above upto
+        [3, E, 5, [[8, 7]], 10],  # lo > hi
+        [3, E, 5, [[7, 9], [9, 10]], 10],  # overlapping
+        [3, E, 5, [[9, 10], [7, 8]], 10],  # descending
+        [3, E, 5, [[7]], 10],
+        [3, E, 5, [7, 8], 10],
+        [3, E, 5, None, 10],
+        [4, b"r", SIG, 1],
+        [5, 1],
+        [6, 1, 2, -3],
+    ],
+)
+def test_schema_refusals(obj: object) -> None:
+    with pytest.raises((DecodeError, LimitError)):
+        decode_frame_untrusted(_enc(obj), MAX_MESSAGE)
+
+
+def test_map_keys_and_ext_types_refused() -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_frame_untrusted(_enc([1, {b"a": 1}, 1, None, 0]), MAX_MESSAGE)
+    with pytest.raises((DecodeError, LimitError)):
+        decode_frame_untrusted(_enc([2, msgpack.ExtType(1, b"xx"), SIG]), MAX_MESSAGE)
+    with pytest.raises(DecodeError):
+        decode_frame_untrusted(_enc([7]) + b"\x00", MAX_MESSAGE)  # trailing bytes
+
+
+def test_limits() -> None:
+    too_many = [[10 * i + 10, 10 * i + 11] for i in range(MAX_RANGES + 1)]
+    with pytest.raises(LimitError):
+        decode_frame_untrusted(_enc([3, E, 5, too_many, 10]), MAX_MESSAGE)
+    just_enough = tuple((10 * i + 10, 10 * i + 11) for i in range(MAX_RANGES))
+    ack = Ack(E, 5, just_enough, 10)
+    assert decode_frame_untrusted(encode_frame(ack), MAX_MESSAGE) == ack
+    with pytest.raises(LimitError):
+        decode_frame_untrusted(b"\x00" * (max_frame_len(1000) + 1), 1000)
+    big = encode_frame(Data(b"x" * (max_frame_len(1000) - 100), SIG))
+    with pytest.raises(LimitError):
+        decode_frame_untrusted(big, 1000)
+    with pytest.raises(LimitError):
+        decode_frame_untrusted(encode_frame(Receipt(b"r" * (MAX_RECEIPT + 1), SIG)), MAX_MESSAGE)
+    # a bin header claiming 4 GiB in a small frame: refused without allocating
+    with pytest.raises(RemoteProtocolError):
+        decode_frame_untrusted(b"\x93\x02\xc6\xff\xff\xff\xff", MAX_MESSAGE)
+
+
+def test_deep_nesting_refused() -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_frame_untrusted(b"\x91" * 5000 + b"\x07", MAX_MESSAGE)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        decode_frame_untrusted(data, MAX_MESSAGE)
+
+
+@settings(max_examples=300)
+@given(frames, st.data())
+def test_fuzz_mutated_frames(frame: Frame, data: st.DataObject) -> None:
+    raw = bytearray(encode_frame(frame))
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
+        pos = data.draw(st.integers(0, max(len(raw) - 1, 0)))
+        if op == "flip" and raw:
+            raw[pos] ^= data.draw(st.integers(1, 255))
+        elif op == "insert":
+            raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=4))
+        elif op == "delete" and raw:
+            del raw[pos]
+        elif op == "truncate":
+            del raw[pos:]
+    try:
+        decoded = decode_frame_untrusted(bytes(raw), MAX_MESSAGE)
+    except RemoteProtocolError:
+        return
+    assert decode_frame_untrusted(encode_frame(decoded), MAX_MESSAGE) == decoded
