@@ -1,0 +1,345 @@
+"""The hotline link handshake: Noise KK with WireGuard-style framing (DESIGN §2).
+
+Owns: the two handshake packets, their ``mac1`` DoS filter, the responder's replay
+guard and rate limit, and the crossed-initiation rule. Noise itself is ``noise.py``.
+
+Protocol ``Noise_KK_25519_ChaChaPoly_BLAKE2s``, prologue ``b"hotline/1"``; both static
+keys are the X25519 forms of the pinned Ed25519 keys (``identity.py``). Packets::
+
+    initiation  01 | sender_index(4 BE) | e(32) | AEAD(payload1)(16+16) | mac1(16)
+    response    02 | sender_index(4 BE) | receiver_index(4 BE) | e(32) | AEAD(payload2) | mac1(16)
+
+``payload1`` is msgpack ``[1, sender_index, timestamp_ns]``; we encode it with
+fixed-width ints (uint32, uint64: 16 bytes, still plain msgpack) so every initiation is
+exactly 85 bytes; receivers accept any msgpack encoding that fits the 85-byte bound.
+``payload2`` is msgpack ``[1]`` (we send it; empty is accepted too): 73 or 75 bytes.
+Sizes are checked before anything else, then the type byte, then ``mac1`` = keyed
+BLAKE2s-128 (key = BLAKE2s(``"mac1----"`` ‖ receiver's X25519 public)) over the bytes
+before it. mac1 is a cheap filter, not authentication (the key is public): a packet that
+fails it costs one hash, no Diffie-Hellman. The responder then spends a token from its
+per-peer bucket (``RATE_LIMIT`` initiations/s; a global cap across peers is the
+daemon's job), and only then does the Noise work. KK pins both ends: an initiation from
+any key but the pinned one fails the ``ss`` DH and so its AEAD tag.
+
+Replay: message 1 can be replayed by anyone who saw it, so the responder accepts only a
+timestamp strictly greater than the last one it *accepted*, updated only after the whole
+message authenticated and parsed (as WireGuard's TAI64N). The initiator must keep its
+timestamps increasing across restarts (wall-clock ns; ``sessions.py`` forces monotony).
+
+Key confirmation: the responder learns its keys here but must not send transport data
+until the initiator's first transport packet has decrypted with them (that proves the
+initiator holds the keys and the initiation was not a replay). That rule is enforced in
+``sessions.py``/``link.py``, which treat a responder session as unconfirmed.
+
+Crossed initiations: ``keeps_own_initiation`` — the end whose Ed25519 public key is
+lower (byte-wise on the raw 32 bytes, the same bytes both ends pin) keeps its own
+initiation. The Ed25519 bytes are chosen over the X25519 ones because they are what
+operators see and compare (fingerprints); either would do as long as both ends agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from hotline.errors import (
+    AuthenticationError,
+    DecodeError,
+    HandshakeError,
+    LimitError,
+    LocalProtocolError,
+    ReplayError,
+)
+from hotline.proto.identity import Identity, PublicKey
+from hotline.proto.noise import DHLEN, TAGLEN, HandshakeState, x25519_public
+
+PROTOCOL_NAME = "Noise_KK_25519_ChaChaPoly_BLAKE2s"
+PROLOGUE = b"hotline/1"
+VERSION = 1
+
+TYPE_INITIATION = 1
+TYPE_RESPONSE = 2
+MAC1_LEN = 16
+MAX_INDEX = 2**32 - 1
+MAX_TIMESTAMP = 2**64 - 1
+
+_INIT_HEADER = 1 + 4
+_RESP_HEADER = 1 + 4 + 4
+# [1, uint32, uint64] in fixed width: fixarray, fixint, 0xce + 4, 0xcf + 8.
+INITIATION_PAYLOAD_MAX = 1 + 1 + 5 + 9
+INITIATION_PAYLOAD_MIN = 4  # [1, 0, 0] in the shortest msgpack form
+INITIATION_MAX = _INIT_HEADER + DHLEN + INITIATION_PAYLOAD_MAX + TAGLEN + MAC1_LEN  # 85
+INITIATION_MIN = _INIT_HEADER + DHLEN + INITIATION_PAYLOAD_MIN + TAGLEN + MAC1_LEN  # 73
+_RESPONSE_PAYLOAD = b"\x91\x01"  # msgpack [1]
+RESPONSE_MIN = _RESP_HEADER + DHLEN + TAGLEN + MAC1_LEN  # 73, empty payload
+RESPONSE_MAX = RESPONSE_MIN + len(_RESPONSE_PAYLOAD)  # 75
+
+RATE_LIMIT = 50.0  # initiations per second per peer (token bucket, burst of as many)
+
+Rng = Callable[[int], bytes]
+
+
+# --- mac1 -----------------------------------------------------------------------------
+
+
+def mac1_key(receiver_x25519_public: bytes) -> bytes:
+    """BLAKE2s(``"mac1----"`` ‖ receiver's X25519 public key), 32 bytes."""
+    return hashlib.blake2s(b"mac1----" + receiver_x25519_public).digest()
+
+
+def compute_mac1(key: bytes, data: bytes) -> bytes:
+    """Keyed BLAKE2s-128 of ``data`` with a key from ``mac1_key``."""
+    return hashlib.blake2s(data, key=key, digest_size=MAC1_LEN).digest()
+
+
+def _check_mac1_untrusted(key: bytes, packet: bytes) -> bytes:
+    """Returns the packet without its mac1. Raises AuthenticationError on mismatch."""
+    body, mac = packet[:-MAC1_LEN], packet[-MAC1_LEN:]
+    if not hmac.compare_digest(compute_mac1(key, body), mac):
+        raise AuthenticationError("handshake mac1 does not match")
+    return body
+
+
+def _check_size_untrusted(packet: bytes, kind: int, low: int, high: int) -> None:
+    if len(packet) > high:
+        raise LimitError(f"handshake packet of {len(packet)} bytes, at most {high}")
+    if len(packet) < low:
+        raise DecodeError(f"handshake packet of {len(packet)} bytes, at least {low}")
+    if packet[0] != kind:
+        raise DecodeError(f"handshake packet type {packet[0]}, expected {kind}")
+
+
+# --- payloads -------------------------------------------------------------------------
+
+
+def _encode_initiation_payload(sender_index: int, timestamp_ns: int) -> bytes:
+    return b"\x93\x01" + struct.pack(">BIBQ", 0xCE, sender_index, 0xCF, timestamp_ns)
+
+
+def _unpack_untrusted(data: bytes, max_items: int) -> tuple[Any, ...]:
+    try:
+        obj = msgpack.unpackb(
+            data, use_list=False, strict_map_key=True, max_str_len=0, max_bin_len=0,
+            max_array_len=max_items, max_map_len=0, max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise DecodeError("handshake payload is not valid msgpack") from exc
+    if not isinstance(obj, tuple):
+        raise DecodeError("handshake payload is not a msgpack array")
+    return obj
+
+
+def _is_uint(value: object, maximum: int) -> bool:
+    return type(value) is int and 0 <= value <= maximum
+
+
+def _check_version_untrusted(items: tuple[Any, ...]) -> None:
+    if not items or type(items[0]) is not int:
+        raise DecodeError("handshake payload without a version")
+    if items[0] != VERSION:
+        raise HandshakeError(f"unsupported handshake version {items[0]}")
+
+
+def _decode_initiation_payload_untrusted(data: bytes, header_index: int) -> int:
+    """Checks ``[1, sender_index, timestamp_ns]``; returns the timestamp."""
+    items = _unpack_untrusted(data, 3)
+    _check_version_untrusted(items)
+    if len(items) != 3 or not _is_uint(items[1], MAX_INDEX) \
+            or not _is_uint(items[2], MAX_TIMESTAMP):
+        raise DecodeError("initiation payload is not [version, index, timestamp]")
+    if items[1] != header_index:
+        raise HandshakeError("initiation payload index differs from its header")
+    timestamp: int = items[2]
+    return timestamp
+
+
+def _check_response_payload_untrusted(data: bytes) -> None:
+    if data == b"":
+        return
+    items = _unpack_untrusted(data, 1)
+    _check_version_untrusted(items)
+
+
+# --- sessions -------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """Transport keys of one completed handshake (fed to ``packet.py``).
+
+    ``our_index`` names this session in packets sent to us; ``their_index`` in packets
+    we send. A responder's session is unconfirmed until the initiator's first transport
+    packet decrypts (see the module header).
+    """
+
+    our_index: int
+    their_index: int
+    is_initiator: bool
+    created_at: float
+    send_key: bytes
+    recv_key: bytes
+
+
+def _session(hs: HandshakeState, our_index: int, their_index: int, now: float) -> Session:
+    c1, c2 = hs.split()  # the initiator sends with c1
+    send, recv = (c1, c2) if hs.initiator else (c2, c1)
+    assert send.key is not None
+    assert recv.key is not None
+    return Session(our_index, their_index, hs.initiator, now, send.key, recv.key)
+
+
+def _check_index(index: int) -> None:
+    if not _is_uint(index, MAX_INDEX):
+        raise LocalProtocolError("a session index is a uint32")
+
+
+def _handshake_state(our: Identity, their: PublicKey, initiator: bool,
+                     rng: Rng) -> HandshakeState:
+    return HandshakeState(PROTOCOL_NAME, initiator, PROLOGUE, s=our.x25519_private(),
+                          rs=their.x25519(), rng=rng)
+
+
+# --- initiator ------------------------------------------------------------------------
+
+
+class Initiation:
+    """One outstanding initiation: waits for the matching response.
+
+    Use ``Initiation.start``. Once a response has authenticated (whether or not its
+    payload was acceptable) the object is spent; further responses raise HandshakeError.
+    """
+
+    def __init__(self, hs: HandshakeState, our_index: int, our_mac1_key: bytes,
+                 created_at: float) -> None:
+        self._hs = hs
+        self.our_index = our_index
+        self.created_at = created_at
+        self._mac1_key = our_mac1_key
+        self._spent = False
+
+    @classmethod
+    def start(cls, our: Identity, their: PublicKey, our_index: int, timestamp_ns: int,
+              now: float, rng: Rng) -> tuple[Initiation, bytes]:
+        """Begin a handshake to the pinned peer ``their``.
+
+        Args:
+            our_index: the index the peer must put in its response (uint32).
+            timestamp_ns: strictly greater than any earlier one we sent (wall-clock ns).
+            now: monotonic seconds (stored as ``created_at``). rng: ephemeral key source.
+
+        Returns:
+            (the pending initiation, the 85-byte initiation packet).
+        """
+        _check_index(our_index)
+        if not _is_uint(timestamp_ns, MAX_TIMESTAMP):
+            raise LocalProtocolError("timestamp_ns must be a uint64")
+        hs = _handshake_state(our, their, True, rng)
+        body = (bytes([TYPE_INITIATION]) + struct.pack(">I", our_index)
+                + hs.write_message(_encode_initiation_payload(our_index, timestamp_ns)))
+        packet = body + compute_mac1(mac1_key(their.x25519()), body)
+        our_key = mac1_key(x25519_public(our.x25519_private()))
+        return cls(hs, our_index, our_key, now), packet
+
+    def consume_response_untrusted(self, packet: bytes, now: float) -> Session:
+        """Complete the handshake with the peer's response packet.
+
+        Raises:
+            LimitError / DecodeError: wrong size or type. AuthenticationError: bad mac1
+                or AEAD tag (forged, or not from the pinned peer). HandshakeError: not
+                addressed to this initiation, already spent, or an unacceptable version.
+        """
+        _check_size_untrusted(packet, TYPE_RESPONSE, RESPONSE_MIN, RESPONSE_MAX)
+        their_index, receiver = struct.unpack_from(">II", packet, 1)
+        if receiver != self.our_index:
+            raise HandshakeError("response to another initiation")
+        body = _check_mac1_untrusted(self._mac1_key, packet)
+        if self._spent:
+            raise HandshakeError("initiation already answered")
+        payload = self._hs.read_message(body[_RESP_HEADER:])
+        self._spent = True
+        _check_response_payload_untrusted(payload)
+        return _session(self._hs, self.our_index, their_index, now)
+
+
+# --- responder ------------------------------------------------------------------------
+
+
+class Responder:
+    """The long-lived responder side for one pinned peer.
+
+    Holds the last accepted initiation timestamp (replay guard) and a token bucket of
+    ``RATE_LIMIT`` initiations per second.
+    """
+
+    def __init__(self, our: Identity, their: PublicKey, rng: Rng) -> None:
+        self._our = our
+        self._their = their
+        self._rng = rng
+        self._mac1_key = mac1_key(x25519_public(our.x25519_private()))
+        self._their_mac1_key = mac1_key(their.x25519())
+        self._tokens = RATE_LIMIT
+        self._refilled_at: float | None = None
+        self.last_timestamp_ns: int | None = None
+
+    def _take_token(self, now: float) -> None:
+        if self._refilled_at is not None:
+            elapsed = max(0.0, now - self._refilled_at)
+            self._tokens = min(RATE_LIMIT, self._tokens + elapsed * RATE_LIMIT)
+        self._refilled_at = now
+        if self._tokens < 1.0:
+            raise HandshakeError("rate limited")
+        self._tokens -= 1.0
+
+    def consume_initiation_untrusted(self, packet: bytes, our_index: int,
+                                     now: float) -> tuple[Session, bytes]:
+        """Answer an initiation from the pinned peer.
+
+        Order of checks, cheapest first: size, type, mac1 (no DH yet), rate limit,
+        Noise (the DH and AEAD), payload, replay. Only full success changes the replay
+        state; the rate-limit token is spent by any initiation that passed mac1.
+
+        Args:
+            our_index: the index the initiator must use to reach the new session.
+            now: monotonic seconds.
+
+        Returns:
+            (the new, unconfirmed responder session, the response packet).
+
+        Raises:
+            LimitError / DecodeError: wrong size, type or payload. AuthenticationError:
+                bad mac1 or AEAD (e.g. not the pinned peer). HandshakeError: rate
+                limited or wrong version/index. ReplayError: timestamp not newer.
+        """
+        _check_index(our_index)
+        _check_size_untrusted(packet, TYPE_INITIATION, INITIATION_MIN, INITIATION_MAX)
+        body = _check_mac1_untrusted(self._mac1_key, packet)
+        self._take_token(now)
+        (their_index,) = struct.unpack_from(">I", body, 1)
+        hs = _handshake_state(self._our, self._their, False, self._rng)
+        payload = hs.read_message(body[_INIT_HEADER:])
+        timestamp = _decode_initiation_payload_untrusted(payload, their_index)
+        if self.last_timestamp_ns is not None and timestamp <= self.last_timestamp_ns:
+            raise ReplayError("initiation timestamp not newer than the last accepted")
+        response = self._response(hs, our_index, their_index)
+        self.last_timestamp_ns = timestamp
+        return _session(hs, our_index, their_index, now), response
+
+    def _response(self, hs: HandshakeState, our_index: int, their_index: int) -> bytes:
+        body = (bytes([TYPE_RESPONSE]) + struct.pack(">II", our_index, their_index)
+                + hs.write_message(_RESPONSE_PAYLOAD))
+        return body + compute_mac1(self._their_mac1_key, body)
+
+
+def keeps_own_initiation(our: PublicKey, their: PublicKey) -> bool:
+    """When two initiations cross, True if we keep ours (and drop theirs).
+
+    The end with the lower raw Ed25519 public key keeps its own; both ends compute
+    the same answer from the same two pinned keys.
+    """
+    return our.raw < their.raw
