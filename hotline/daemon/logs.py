@@ -1,0 +1,421 @@
+"""The daemon's log: heartbeat lines and events as key=value text, JSON or journald fields.
+
+Every log record is an **event**: a kind (``heartbeat``, ``state``, ``auth``, …), a
+syslog priority and ordered fields. It is rendered three ways:
+
+* **text** (default): ``KIND key=value key=value …``. Values are printed bare unless
+  they are empty or contain a space, quote, ``=`` or a control character; then they
+  are JSON-quoted (``reason="connection refused"``). Unknown numbers print as ``-``.
+  The heartbeat line is a DESIGN §5 **contract**::
+
+      heartbeat peer=NAME state=up|degraded|down active=URL rtt_ms=0.42
+        paths=URL:up:0.42,URL:down out_seq=… acked=… in_seq=… backlog=… skew_ms=…
+
+  (one line). Other kinds: ``state peer=… path=URL change=up|down|failover
+  reason=…``, ``auth peer=… path=… reason=…``, ``insecure path=… reason=…``,
+  ``handshake peer=… path=… result=ok|failed reason=…``, ``daemon …``, ``control …``.
+* **json** (``--log-format json``): one object per line, ``{"ts": ISO-8601 UTC,
+  "event": KIND, "priority": N, …fields}``; the heartbeat's fields are exactly the
+  ``status --json`` object (DESIGN §6), so ``paths`` is a list of objects there.
+* **journald**: under systemd (``$JOURNAL_STREAM`` names our output stream), either
+  (a) one datagram per event to journald's native socket
+  ``/run/systemd/journal/socket`` with structured fields ``MESSAGE`` (the text or
+  JSON line), ``PRIORITY``, ``SYSLOG_IDENTIFIER=hotline``, ``MESSAGE_ID`` (a fixed
+  UUID per kind, for ``journalctl MESSAGE_ID=…``), ``HOTLINE_EVENT``, and one
+  ``HOTLINE_<KEY>`` per field (``HOTLINE_PEER``, ``HOTLINE_STATE``,
+  ``HOTLINE_RTT_MS``, …); or (b) when that socket is missing or a send fails, the
+  line on the stream with a ``<N>`` priority prefix, which journald strips and
+  turns into the priority. Exactly one of the two per event, never both, so the
+  journal holds each event once.
+
+Priorities (syslog): 6 heartbeat with the link up · 5 a path or the link came up ·
+4 missed beats, a path or the link down, failover · 3 authentication or signature
+failure · 2 an insecure key file · 7 debug (dropped unless ``debug=True``).
+
+The logger never receives keys or message bodies: callers pass fingerprints, seqs and
+reasons only. ``add_sink`` lets the control server stream events (``events`` op).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import socket
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TextIO
+
+from hotline.errors import DecodeError
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+SYSLOG_IDENTIFIER = "hotline"
+
+CRIT, ERR, WARNING, NOTICE, INFO, DEBUG = 2, 3, 4, 5, 6, 7
+
+MESSAGE_IDS: dict[str, str] = {
+    "heartbeat": "37e8be07f86f4db3a513ca792e2118eb",
+    "state": "73d6ed72f4124721bfb183a8a671ea13",
+    "auth": "b77dbef238a447538b8a8aac6870e3d3",
+    "insecure": "8f40e2057ca6416fa5843a09630764cc",
+    "handshake": "49bfc48d8f5c485cb981951185d16ec8",
+    "daemon": "220dab8710d64d09aaee435e566e4b0a",
+    "control": "f9d4c517f0d249d299db5afef87b2d3d",
+    "epoch": "0f2a47ecd01b42f9a9a921a9e73b4e5e",
+    "error": "f023fea4b5294c66be0e3298ba7d1cdb",
+    "debug": "b363d0b31fc242749684858bb71bf96a",
+}
+
+LinkState = Literal["up", "degraded", "down"]
+LogFormat = Literal["text", "json"]
+Sink = Callable[[dict[str, Any]], None]
+
+
+# --- snapshots ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathSnapshot:
+    """One path as the runner sees it now."""
+
+    url: str
+    state: str  # "up" | "down"
+    rtt_ms: float | None = None  # smoothed RTT; None before the first PONG
+    last_heard_s: float | None = None  # seconds since the last authenticated packet
+
+
+@dataclass(frozen=True)
+class LinkSnapshot:
+    """The link's state: the heartbeat line and the ``status --json`` object (§5, §6)."""
+
+    peer: str
+    state: str  # "up" | "degraded" | "down"
+    active: str | None  # URL of the primary path, None when no path is up
+    paths: Sequence[PathSnapshot] = ()
+    out_seq: int = 0  # last seq we sent
+    acked: int = 0  # peer's cumulative ack of our stream
+    in_seq: int = 0  # last seq delivered to our inbox
+    backlog: int = 0  # our messages not yet acknowledged
+    skew_ms: float | None = None  # peer's clock minus ours
+    session_age_s: float | None = None
+
+    @property
+    def rtt_ms(self) -> float | None:
+        """RTT of the active path, if known."""
+        return next((p.rtt_ms for p in self.paths if p.url == self.active), None)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The DESIGN §6 ``status --json`` object."""
+        return {
+            "peer": self.peer, "state": self.state, "active": self.active,
+            "rtt_ms": self.rtt_ms,
+            "paths": [
+                {"url": p.url, "state": p.state, "rtt_ms": p.rtt_ms,
+                 "last_heard_s": p.last_heard_s}
+                for p in self.paths
+            ],
+            "out_seq": self.out_seq, "acked": self.acked, "in_seq": self.in_seq,
+            "backlog": self.backlog, "skew_ms": self.skew_ms,
+            "session_age_s": self.session_age_s,
+        }
+
+    @classmethod
+    def from_json_dict_untrusted(cls, d: Mapping[str, Any]) -> LinkSnapshot:
+        """Rebuild from ``to_json_dict()`` output (as a client receives it).
+
+        Raises:
+            DecodeError: a missing or mistyped key.
+        """
+        try:
+            paths = tuple(
+                PathSnapshot(_s(p["url"]), _s(p["state"]), _num(p.get("rtt_ms")),
+                             _num(p.get("last_heard_s")))
+                for p in d["paths"]
+            )
+            return cls(
+                _s(d["peer"]), _s(d["state"]), None if d["active"] is None else _s(d["active"]),
+                paths, _int(d["out_seq"]), _int(d["acked"]), _int(d["in_seq"]),
+                _int(d["backlog"]), _num(d.get("skew_ms")), _num(d.get("session_age_s")))
+        except (KeyError, TypeError, AttributeError) as err:
+            raise DecodeError(f"bad status object: {err!r}") from err
+
+
+def _s(v: object) -> str:
+    if not isinstance(v, str):
+        raise TypeError("expected a string")
+    return v
+
+
+def _int(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError("expected an integer")
+    return v
+
+
+def _num(v: object) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError("expected a number")
+    return float(v)
+
+
+# --- rendering ------------------------------------------------------------------------
+
+_BARE = re.compile(r"[^\s\"=\\\x00-\x1f\x7f]+")
+
+
+def format_value(value: object) -> str:
+    """One value of a key=value line: bare if safe, else JSON-quoted; None is ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    text = str(value)
+    return text if _BARE.fullmatch(text) else json.dumps(text)
+
+
+def _plain(value: object) -> str:
+    """A value for a journald field: no quoting needed (the protocol is binary-safe)."""
+    if isinstance(value, bool | float):
+        return format_value(value)
+    return str(value)
+
+
+def format_line(kind: str, fields: Mapping[str, object]) -> str:
+    """``KIND key=value …`` in the order of ``fields``."""
+    return " ".join([kind, *(f"{k}={format_value(v)}" for k, v in fields.items())])
+
+
+def heartbeat_fields(snap: LinkSnapshot) -> dict[str, object]:
+    """The heartbeat line's fields in contract order (DESIGN §5)."""
+    paths = ",".join(
+        f"{p.url}:{p.state}:{p.rtt_ms:.2f}" if p.state == "up" and p.rtt_ms is not None
+        else f"{p.url}:{p.state}"
+        for p in snap.paths
+    )
+    return {
+        "peer": snap.peer, "state": snap.state, "active": snap.active,
+        "rtt_ms": snap.rtt_ms, "paths": paths or None, "out_seq": snap.out_seq,
+        "acked": snap.acked, "in_seq": snap.in_seq, "backlog": snap.backlog,
+        "skew_ms": snap.skew_ms,
+    }
+
+
+def heartbeat_line(snap: LinkSnapshot) -> str:
+    """The DESIGN §5 heartbeat line (no priority prefix, no timestamp)."""
+    return format_line("heartbeat", heartbeat_fields(snap))
+
+
+# --- journald -------------------------------------------------------------------------
+
+
+def journal_datagram(fields: Mapping[str, str]) -> bytes:
+    """Encode fields in journald's native protocol (systemd's JOURNAL_NATIVE_PROTOCOL).
+
+    ``KEY=value\\n``, or for a value holding a newline the binary-safe form
+    ``KEY\\n<64-bit LE length><value>\\n``.
+    """
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+def journal_field_name(key: str) -> str:
+    """``rtt_ms`` → ``HOTLINE_RTT_MS`` (journald allows ``[A-Z0-9_]``, no leading ``_``)."""
+    return "HOTLINE_" + re.sub(r"[^A-Z0-9_]", "_", key.upper())
+
+
+class JournalSocket:
+    """Datagram sender to journald's native socket; ``send`` never raises."""
+
+    def __init__(self, path: str = JOURNAL_SOCKET) -> None:
+        self.path = path
+        self._sock: socket.socket | None = None
+
+    def send(self, fields: Mapping[str, str]) -> bool:
+        """Send one entry; False if it could not be sent (caller falls back)."""
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sock.setblocking(False)
+            self._sock.sendto(journal_datagram(fields), self.path)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def stream_is_journal(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """True if ``$JOURNAL_STREAM`` (``DEV:INODE``) is ``stream``'s file (systemd.exec(5))."""
+    value = environ.get("JOURNAL_STREAM")
+    if not value:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+        dev, ino = (int(x) for x in value.split(":"))
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+# --- the logger -----------------------------------------------------------------------
+
+
+@dataclass
+class Logger:
+    """Writes events as text or JSON lines to ``stream``, or to journald.
+
+    Attributes:
+        stream: where lines go (stderr in the daemon).
+        fmt: ``"text"`` or ``"json"``.
+        priority_prefix: prefix lines with ``<N>`` (journald stream protocol).
+        journal: send events to this native socket instead of the stream.
+        timestamps: prefix text lines with an ISO-8601 UTC time (JSON always has ``ts``).
+        debug: emit priority-7 events.
+    """
+
+    stream: TextIO
+    fmt: LogFormat = "text"
+    priority_prefix: bool = False
+    journal: JournalSocket | None = None
+    timestamps: bool = False
+    debug: bool = False
+    clock: Callable[[], float] = time.time
+    _sinks: list[Sink] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls, stream: TextIO, fmt: LogFormat = "text", *,
+                 environ: Mapping[str, str] | None = None,
+                 journal_path: str = JOURNAL_SOCKET, debug: bool = False) -> Logger:
+        """The logger for this process: journald when ``stream`` is the journal.
+
+        Native socket if ``journal_path`` exists, else ``<N>``-prefixed stream lines;
+        outside systemd plain lines.
+        """
+        env = os.environ if environ is None else environ
+        if not stream_is_journal(stream, env):
+            return cls(stream, fmt, debug=debug)
+        journal = JournalSocket(journal_path) if os.path.exists(journal_path) else None
+        return cls(stream, fmt, priority_prefix=True, journal=journal, debug=debug)
+
+    def add_sink(self, sink: Sink) -> Callable[[], None]:
+        """Also pass every event (as its JSON object) to ``sink``; returns a remover.
+
+        A sink is called synchronously and must not raise or block.
+        """
+        self._sinks.append(sink)
+        return lambda: self._sinks.remove(sink) if sink in self._sinks else None
+
+    # -- event helpers (the kinds the daemon uses) --
+
+    def heartbeat(self, snap: LinkSnapshot) -> None:
+        """The heartbeat line (priority 6 when up, 4 when degraded or down)."""
+        priority = INFO if snap.state == "up" else WARNING
+        self.emit("heartbeat", priority, heartbeat_fields(snap), snap.to_json_dict())
+
+    def state(self, peer: str, path: str | None, change: str, reason: str = "") -> None:
+        """A path (or, with ``path`` None, the link) changed: up, down or failover."""
+        priority = NOTICE if change == "up" else WARNING
+        self.emit("state", priority,
+                  {"peer": peer, "path": path, "change": change, "reason": reason or None})
+
+    def auth(self, peer: str, reason: str, path: str | None = None) -> None:
+        """An authentication, handshake or signature check failed (priority 3)."""
+        self.emit("auth", ERR, {"peer": peer, "path": path, "reason": reason})
+
+    def insecure(self, path: str, reason: str) -> None:
+        """A key file or directory with unsafe permissions (priority 2)."""
+        self.emit("insecure", CRIT, {"path": path, "reason": reason})
+
+    def event(self, kind: str, priority: int = INFO, **fields: object) -> None:
+        """Any other event, e.g. ``event("daemon", NOTICE, action="ready")``."""
+        self.emit(kind, priority, fields)
+
+    # -- output --
+
+    def emit(self, kind: str, priority: int, fields: Mapping[str, object],
+             json_fields: Mapping[str, Any] | None = None) -> None:
+        """Render one event and write it to the journal or the stream, and to sinks."""
+        if priority >= DEBUG and not self.debug:
+            return
+        obj = self._json_obj(kind, priority, fields if json_fields is None else json_fields)
+        for sink in list(self._sinks):
+            sink(obj)
+        if self.fmt == "json":
+            message = json.dumps(obj, separators=(",", ":"), default=str)
+        else:
+            message = format_line(kind, fields)
+        if self.journal is not None and self.journal.send(
+                self._journal_fields(kind, priority, fields, message)):
+            return
+        self._write(priority, message)
+
+    def _json_obj(self, kind: str, priority: int, fields: Mapping[str, Any]) -> dict[str, Any]:
+        ts = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
+        stamp = ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {"ts": stamp, "event": kind, "priority": priority, **fields}
+
+    def _journal_fields(self, kind: str, priority: int, fields: Mapping[str, object],
+                        message: str) -> dict[str, str]:
+        out = {
+            "MESSAGE": message, "PRIORITY": str(priority),
+            "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER, "HOTLINE_EVENT": kind,
+        }
+        if kind in MESSAGE_IDS:
+            out["MESSAGE_ID"] = MESSAGE_IDS[kind]
+        for key, value in fields.items():
+            if value is not None:
+                out[journal_field_name(key)] = _plain(value)
+        return out
+
+    def _write(self, priority: int, message: str) -> None:
+        prefix = f"<{priority}>" if self.priority_prefix else ""
+        if self.timestamps and self.fmt == "text":
+            ts = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
+            prefix += ts.isoformat(timespec="milliseconds").replace("+00:00", "Z") + " "
+        try:
+            self.stream.write(f"{prefix}{message}\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken log stream must not stop the link
+
+
+# --- when to log a heartbeat ----------------------------------------------------------
+
+
+class HeartbeatSchedule:
+    """Decides when the heartbeat line is due: every ``log_every`` s and on any change.
+
+    A change is a different link state, active path, or set of path states (DESIGN §5).
+    Sans-IO: the caller passes ``now`` (monotonic seconds).
+    """
+
+    def __init__(self, log_every: float) -> None:
+        self._every = log_every
+        self._last_at: float | None = None
+        self._last_shape: tuple[object, ...] | None = None
+
+    def due(self, snap: LinkSnapshot, now: float) -> bool:
+        """True if the line should be logged now; records it as logged if so."""
+        shape = (snap.state, snap.active, tuple((p.url, p.state) for p in snap.paths))
+        if (self._last_at is not None and shape == self._last_shape
+                and now - self._last_at < self._every):
+            return False
+        self._last_at, self._last_shape = now, shape
+        return True
