@@ -1,0 +1,45 @@
+"""``hotline status``: the link's state, from the running daemon (DESIGN §6)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from hotline.commands._client import load, open_client, print_json
+from hotline.proto.control import StatusRequest
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the status (``--json``: one object with the DESIGN §6 keys)."""
+    config = load(args)
+    with open_client(config, timeout=10) as client:
+        status: dict[str, Any] = client.request(StatusRequest())["status"]
+    if args.json:
+        print_json(status)
+    else:
+        print(render(status))
+    return 0
+
+
+def _ms(value: object) -> str:
+    return f"{value:.2f} ms" if isinstance(value, int | float) else "-"
+
+
+def render(s: dict[str, Any]) -> str:
+    """A human-readable status board."""
+    lines = [
+        f"link to {s['peer']}: {s['state'].upper()}   active path: {s['active'] or 'none'}",
+        f"  sent {s['out_seq']}, acknowledged {s['acked']}, backlog {s['backlog']}; "
+        f"received {s['in_seq']}; clock skew {_ms(s.get('skew_ms'))}",
+    ]
+    age = s.get("session_age_s")
+    if isinstance(age, int | float):
+        lines.append(f"  session age {age:.0f} s")
+    for p in s["paths"]:
+        heard = p.get("last_heard_s")
+        heard_text = f"{heard:.1f} s ago" if isinstance(heard, int | float) else "never"
+        lines.append(
+            f"  {p['url']:<32} {p['state']:<5} rtt {_ms(p.get('rtt_ms')):>10}   "
+            f"last heard {heard_text}"
+        )
+    return "\n".join(lines)

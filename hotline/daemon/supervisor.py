@@ -1,0 +1,189 @@
+"""The daemon's top level: open everything, start every task, shut down cleanly.
+
+Start-up order (DESIGN §8): key, store, listeners, control socket — then READY=1.
+The daemon never waits for the peer to be ready. Tasks, all in one nursery:
+
+* the runner (owns the Link), the store worker (SQLite on its own thread);
+* transports: one ``TcpPath`` per peer TCP path (dials), one ``TcpListener`` per TCP
+  listen address (accepts the peer's dials), one ``UdpEndpoint`` for all UDP;
+* the control server; the watchdog (WATCHDOG=1 at half of WATCHDOG_USEC, only while
+  the runner's loop has turned recently — a wedged runner gets restarted by systemd,
+  while a dead peer never causes a restart); the signal watcher.
+
+SIGTERM/SIGINT: STOPPING=1, stop serving the control socket, let the store worker
+commit what is pending (so nothing a client was told is stored can be missing), close.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import trio
+
+from hotline.daemon.config import Config
+from hotline.daemon.control_server import ControlServer, bind_control_socket
+from hotline.daemon.logs import NOTICE, Logger
+from hotline.daemon.notify import Notifier
+from hotline.daemon.runner import Runner
+from hotline.daemon.storeworker import StoreWorker
+from hotline.errors import ConfigError
+from hotline.keyfile import load_identity
+from hotline.proto.identity import Identity, PublicKey
+from hotline.proto.link import Link, LinkSettings, PathSpec, StreamState
+from hotline.proto.sequencer import Sequencer
+from hotline.store import Store
+from hotline.transport.events import PathTransport, TransportEvent
+from hotline.transport.tcp import TcpListener, TcpPath
+from hotline.transport.udp import UdpEndpoint
+
+_SHUTDOWN_GRACE = 5.0
+# Test-only fault injection: the runner stops turning after this many seconds, so the
+# watchdog test can prove WATCHDOG=1 stops while the rest of the process is healthy.
+WEDGE_ENV = "HOTLINE_FAULT_WEDGE_RUNNER_AFTER"
+
+
+def load_keys(config: Config) -> tuple[Identity, PublicKey]:
+    """Our identity (permission-checked) and the pinned peer key.
+
+    Raises:
+        KeyFileError, KeyPermissionError, ConfigError: as ``hotline check`` reports them.
+    """
+    identity = load_identity(config.key_path)
+    peer = config.peer_key
+    if identity.public == peer:
+        raise ConfigError(f"{config.path}: peer key is our own key; pin the other end's key")
+    return identity, peer
+
+
+def link_settings(config: Config) -> LinkSettings:
+    """The Link's tunables from the config."""
+    return LinkSettings(
+        heartbeat=config.heartbeat,
+        dead_after=config.dead_after,
+        rekey_after=config.rekey_after,
+        redundant=config.redundant,
+        max_message=config.max_message,
+        receipt_every=config.receipt_every,
+    )
+
+
+async def run_daemon(config: Config, logger: Logger, notifier: Notifier) -> None:
+    """Run the daemon until SIGTERM/SIGINT."""
+    identity, peer = load_keys(config)
+    store = await trio.to_thread.run_sync(Store.open, config.state_dir, identity.public.raw,
+                                          peer.raw)
+    try:
+        await _run(config, logger, notifier, identity, peer, store)
+    finally:
+        await trio.to_thread.run_sync(store.close)
+
+
+async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Identity,
+               peer: PublicKey, store: Store) -> None:
+    now = trio.current_time()
+    link = Link(identity, peer, [PathSpec(p.url, p.scheme) for p in config.peer_paths],
+                link_settings(config), _stream_state(store), os.urandom, now, time.time_ns())
+    last_seq, last_chain = store.out_head()
+    sequencer = Sequencer(identity, peer, store.epoch, last_seq, last_chain, config.max_message)
+    transports: dict[int, PathTransport] = {}
+    runner = Runner(link, sequencer, cast(Any, None), transports, logger, notifier,
+                    config.peer_name, config.log_every, store.acked_upto(),
+                    _in_seq(store))
+    worker = StoreWorker(store, runner.submit)
+    runner.attach_store(worker)
+    events = cast("trio.MemorySendChannel[TransportEvent]", runner.submit)
+    tcp_paths, udp = _make_transports(config, events, transports)
+    control_listener = await bind_control_socket(config.control)
+    async with trio.open_nursery() as nursery:
+        for spec in config.listen:
+            if spec.scheme == "tcp":
+                await nursery.start(TcpListener(spec.host, spec.port, tcp_paths).run)
+        udp_listen = [(s.host, s.port) for s in config.listen if s.scheme == "udp"]
+        await nursery.start(udp.run, udp_listen)
+        nursery.start_soon(worker.run)
+        nursery.start_soon(runner.run)
+        for path in tcp_paths:
+            nursery.start_soon(path.run)
+        control = ControlServer(runner, worker, _uid_logger(logger))
+        control_scope = trio.CancelScope()
+        nursery.start_soon(_serve_control, control, control_listener, control_scope)
+        nursery.start_soon(_watchdog, notifier, runner, config.heartbeat)
+        notifier.ready(f"listening; link to {config.peer_name} not up yet")
+        logger.event("daemon", NOTICE, action="ready", peer=config.peer_name,
+                     key=identity.public.fingerprint(), store=str(config.state_dir),
+                     listen=",".join(s.url for s in config.listen))
+        if os.environ.get(WEDGE_ENV):
+            nursery.start_soon(runner.wedge_after, float(os.environ[WEDGE_ENV]))
+        signum = await _wait_for_signal()
+        notifier.stopping()
+        logger.event("daemon", NOTICE, action="stopping", signal=signal.Signals(signum).name)
+        control_scope.cancel()
+        with trio.move_on_after(_SHUTDOWN_GRACE):
+            await runner.drain()
+        nursery.cancel_scope.cancel()
+
+
+def _make_transports(
+    config: Config, events: trio.MemorySendChannel[TransportEvent],
+    transports: dict[int, PathTransport],
+) -> tuple[list[TcpPath], UdpEndpoint]:
+    udp = UdpEndpoint(events)
+    tcp_paths: list[TcpPath] = []
+    for path_id, spec in enumerate(config.peer_paths):
+        if spec.scheme == "tcp":
+            tcp = TcpPath(path_id, spec.host, spec.port, events)
+            tcp_paths.append(tcp)
+            transports[path_id] = tcp
+        else:
+            transports[path_id] = udp.add_path(path_id, spec.host, spec.port)
+    return tcp_paths, udp
+
+
+def _stream_state(store: Store) -> StreamState:
+    peer = store.peer_stream()
+    return StreamState(
+        out_epoch=store.epoch,
+        out_acked=store.acked_upto(),
+        out_unacked=[(r.seq, r.raw, r.sig) for r in store.unacked()],
+        in_state=None if peer is None else (peer.epoch, peer.delivered_upto, peer.chain),
+    )
+
+
+def _in_seq(store: Store) -> int:
+    peer = store.peer_stream()
+    return 0 if peer is None else peer.delivered_upto
+
+
+async def _serve_control(control: ControlServer, listener: trio.SocketListener,
+                         scope: trio.CancelScope) -> None:
+    with scope:
+        await control.serve(listener)
+
+
+async def _watchdog(notifier: Notifier, runner: Runner, heartbeat: float) -> None:
+    interval = notifier.watchdog_interval()
+    if interval is None:
+        return
+    stale_after = max(3 * heartbeat, 2 * interval)
+    while True:
+        if trio.current_time() - runner.heartbeat_alive_at < stale_after:
+            notifier.watchdog()
+        await trio.sleep(interval)
+
+
+async def _wait_for_signal() -> int:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            return signum
+    raise AssertionError("signal receiver ended")  # pragma: no cover
+
+
+def _uid_logger(logger: Logger) -> Callable[[int | None], None]:
+    def log_uid(uid: int | None) -> None:
+        logger.event("control", 7, action="connect", uid=uid)
+
+    return log_uid

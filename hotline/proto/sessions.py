@@ -1,0 +1,220 @@
+"""The link's Noise sessions: initiation, response, confirmation, rekey and expiry.
+
+Theory of operation (DESIGN §2, after WireGuard's timers). A link holds at most:
+
+* ``pending`` — our outstanding initiation (retried every ``REKEY_TIMEOUT`` seconds);
+* ``current`` — the session we send with;
+* ``unconfirmed`` — a session we answered as responder: we may not send with it until
+  the initiator's first transport packet proves it holds the keys; it then becomes
+  ``current``;
+* ``previous`` — the session replaced by the latest handshake, still accepted for
+  decryption until it is ``REJECT_AFTER`` seconds old, so nothing in flight is lost.
+
+Packets name the receiver's session index, so lookup is a dict by our index. When two
+initiations cross, the end with the lower static key keeps its own
+(``keeps_own_initiation``) and drops the other's; the higher end answers.
+The initiator of the current session rekeys after ``rekey_after`` seconds (or
+``REKEY_AFTER_PACKETS``); the responder does so ``_RESPONDER_REKEY_GRACE`` seconds
+later if the initiator has not, so a silent peer cannot keep old keys alive.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hotline.errors import HandshakeError
+from hotline.proto.handshake import Initiation, Responder, Session, keeps_own_initiation
+from hotline.proto.identity import Identity, PublicKey
+from hotline.proto.packet import TransportOpener, TransportSealer, receiver_index_untrusted
+
+REKEY_TIMEOUT = 5.0
+REJECT_AFTER = 180.0
+REKEY_AFTER_PACKETS = 2**60
+_RESPONDER_REKEY_GRACE = 15.0
+
+
+@dataclass
+class ActiveSession:
+    """A session with its transport sealer/opener and whether we may send with it."""
+
+    session: Session
+    sealer: TransportSealer = field(init=False)
+    opener: TransportOpener = field(init=False)
+    confirmed: bool = False
+
+    def __post_init__(self) -> None:
+        self.sealer = TransportSealer(self.session.send_key, self.session.their_index)
+        self.opener = TransportOpener(self.session.recv_key)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A transport packet that authenticated: its plaintext and what it changed."""
+
+    plaintext: bytes
+    confirmed_now: bool
+
+
+class SessionManager:
+    """All Noise state of one link (see the module header)."""
+
+    def __init__(
+        self,
+        our: Identity,
+        their: PublicKey,
+        rng: Callable[[int], bytes],
+        rekey_after: float,
+    ) -> None:
+        self._our = our
+        self._their = their
+        self._rng = rng
+        self._rekey_after = rekey_after
+        self._responder = Responder(our, their, rng)
+        self._by_index: dict[int, ActiveSession] = {}
+        self.pending: tuple[Initiation, int, float] | None = None
+        self.current: ActiveSession | None = None
+        self.unconfirmed: ActiveSession | None = None
+        self.previous: ActiveSession | None = None
+        self._last_timestamp_ns = 0
+        self.handshakes_completed = 0
+
+    # --- queries ------------------------------------------------------------------
+
+    def can_send(self) -> bool:
+        """True when a confirmed session is there to seal with."""
+        return self.current is not None and self.current.confirmed
+
+    def session_age(self, now: float) -> float | None:
+        """Seconds since the current session was made, or None."""
+        return None if self.current is None else now - self.current.session.created_at
+
+    def wants_initiation(self, now: float) -> bool:
+        """True when we should send a (new) initiation now."""
+        if self.pending is not None:
+            return now - self.pending[2] >= REKEY_TIMEOUT
+        if self.current is None:
+            return self.unconfirmed is None or self._expired(self.unconfirmed, now, REKEY_TIMEOUT)
+        return now >= self._rekey_deadline(self.current)
+
+    def get_timer(self) -> float | None:
+        """The next instant ``expire``/``wants_initiation`` may change their answer."""
+        deadlines: list[float] = []
+        if self.pending is not None:
+            deadlines.append(self.pending[2] + REKEY_TIMEOUT)
+        if self.current is not None:
+            deadlines.append(self._rekey_deadline(self.current))
+            deadlines.append(self.current.session.created_at + REJECT_AFTER)
+        if self.previous is not None:
+            deadlines.append(self.previous.session.created_at + REJECT_AFTER)
+        if self.unconfirmed is not None:
+            deadlines.append(self.unconfirmed.session.created_at + REKEY_TIMEOUT)
+        return min(deadlines, default=None)
+
+    # --- handshake ----------------------------------------------------------------
+
+    def start_initiation(self, now: float, wall_ns: int) -> bytes:
+        """Begin (or retry) a handshake as initiator; returns the initiation packet."""
+        index = self._new_index()
+        # Strictly increasing even if the wall clock steps back (DESIGN §2).
+        self._last_timestamp_ns = max(wall_ns, self._last_timestamp_ns + 1)
+        initiation, packet = Initiation.start(
+            self._our, self._their, index, self._last_timestamp_ns, now, self._rng
+        )
+        self.pending = (initiation, index, now)
+        return packet
+
+    def on_initiation_untrusted(self, packet: bytes, now: float) -> bytes | None:
+        """Answer a peer's initiation. Returns the response, or None when ours wins the cross.
+
+        Raises:
+            RemoteProtocolError: the initiation is malformed, forged, replayed or rate limited.
+        """
+        if (
+            self.pending is not None
+            and keeps_own_initiation(self._our.public, self._their)
+            and now - self.pending[2] < REKEY_TIMEOUT
+        ):
+            return None
+        index = self._new_index()
+        session, response = self._responder.consume_initiation_untrusted(packet, index, now)
+        self.pending = None
+        if self.unconfirmed is not None:
+            self._by_index.pop(self.unconfirmed.session.our_index, None)
+        self.unconfirmed = ActiveSession(session)
+        self._by_index[index] = self.unconfirmed
+        return response
+
+    def on_response_untrusted(self, packet: bytes, now: float) -> None:
+        """Complete our initiation with the peer's response; the new session becomes current.
+
+        Raises:
+            RemoteProtocolError: not a response to our pending initiation, or forged.
+        """
+        if self.pending is None or receiver_index_untrusted(packet) != self.pending[1]:
+            raise HandshakeError("response to no pending initiation of ours")
+        session = self.pending[0].consume_response_untrusted(packet, now)
+        self.pending = None
+        self._install(ActiveSession(session, confirmed=True))
+
+    # --- transport ----------------------------------------------------------------
+
+    def open_untrusted(self, packet: bytes, now: float) -> Opened:
+        """Decrypt a transport packet with whichever of our sessions it names.
+
+        Raises:
+            RemoteProtocolError: unknown index, expired session, replay, or bad tag.
+        """
+        active = self._by_index.get(receiver_index_untrusted(packet))
+        if active is None:
+            raise HandshakeError("transport packet for an unknown session index")
+        if self._expired(active, now, REJECT_AFTER):
+            raise HandshakeError("transport packet for an expired session")
+        plaintext = active.opener.open_untrusted(packet)
+        confirmed_now = active is self.unconfirmed
+        if confirmed_now:
+            self.unconfirmed = None
+            active.confirmed = True
+            self._install(active)
+        return Opened(plaintext, confirmed_now)
+
+    def seal(self, payload: bytes) -> bytes:
+        """Encrypt ``payload`` with the current session (caller checked ``can_send``)."""
+        assert self.current is not None
+        return self.current.sealer.seal(payload)
+
+    def expire(self, now: float) -> None:
+        """Forget sessions older than REJECT_AFTER (keys dropped with the objects)."""
+        for name in ("previous", "current", "unconfirmed"):
+            active: ActiveSession | None = getattr(self, name)
+            if active is not None and self._expired(active, now, REJECT_AFTER):
+                self._by_index.pop(active.session.our_index, None)
+                setattr(self, name, None)
+
+    # --- internals ----------------------------------------------------------------
+
+    def _install(self, active: ActiveSession) -> None:
+        if self.previous is not None:
+            self._by_index.pop(self.previous.session.our_index, None)
+        self.previous = self.current
+        self.current = active
+        self._by_index[active.session.our_index] = active
+        self.handshakes_completed += 1
+
+    def _rekey_deadline(self, active: ActiveSession) -> float:
+        created = active.session.created_at
+        if active.sealer.counter >= REKEY_AFTER_PACKETS:
+            return created
+        grace = 0.0 if active.session.is_initiator else _RESPONDER_REKEY_GRACE
+        return created + self._rekey_after + grace
+
+    def _new_index(self) -> int:
+        while True:
+            (index,) = struct.unpack(">I", self._rng(4))
+            if index not in self._by_index and (self.pending is None or index != self.pending[1]):
+                return int(index)
+
+    @staticmethod
+    def _expired(active: ActiveSession, now: float, limit: float) -> bool:
+        return now - active.session.created_at >= limit

@@ -1,0 +1,91 @@
+"""The Link core, two real Links over an in-memory network with a hand-set clock."""
+
+from __future__ import annotations
+
+from hotline.proto.events import HandshakeComplete, PathDown, PrimaryChanged
+from hotline.proto.link import LinkSettings
+from tests.helpers import LinkPair
+
+
+def test_handshake_then_messages_both_ways() -> None:
+    pair = LinkPair()
+    pair.run(1.0)
+    assert pair.a.link.sessions.can_send() and pair.b.link.sessions.can_send()
+    assert any(isinstance(e, HandshakeComplete) for e in pair.a.events)
+    pair.send(pair.a, b"hello moscow", b"second")
+    pair.send(pair.b, b"hello washington")
+    pair.run(1.0)
+    assert pair.b.delivered == [b"hello moscow", b"second"]
+    assert pair.a.delivered == [b"hello washington"]
+    assert pair.a.acked == 2 and pair.b.acked == 1
+
+
+def test_both_paths_come_up_and_tcp_is_primary() -> None:
+    pair = LinkPair()
+    pair.run(2.5)
+    for end in pair.ends:
+        assert [p.up for p in end.link.paths] == [True, True]
+        assert end.link.primary == 0
+        assert end.link.state == "up"
+        assert all(p.srtt is not None for p in end.link.paths)
+
+
+def test_failover_to_udp_when_tcp_is_black_holed_and_back() -> None:
+    pair = LinkPair()
+    pair.run(2.0)
+    pair.cut.add(0)
+    pair.send(pair.a, *[f"m{i}".encode() for i in range(20)])
+    pair.run(4.5)
+    assert pair.a.link.primary == 1
+    assert any(isinstance(e, PathDown) for e in pair.a.events)
+    assert pair.b.delivered == [f"m{i}".encode() for i in range(20)]
+    assert pair.a.acked == 20
+    pair.cut.clear()
+    pair.a.link.path_connected(0, pair.now)
+    pair.b.link.path_connected(0, pair.now)
+    pair.run(3.0)
+    assert pair.a.link.primary == 0
+    changes = [e for e in pair.a.events if isinstance(e, PrimaryChanged)]
+    assert changes[-1].new == "tcp://peer:1"
+
+
+def test_redundant_mode_does_not_stall_on_failover() -> None:
+    pair = LinkPair(settings=LinkSettings(redundant=True))
+    pair.run(2.0)
+    pair.cut.add(0)
+    pair.send(pair.a, b"x", b"y")
+    pair.run(0.1)
+    assert pair.b.delivered == [b"x", b"y"]
+
+
+def test_large_message_is_fragmented_on_udp() -> None:
+    pair = LinkPair()
+    pair.run(2.0)
+    pair.cut.add(0)
+    pair.run(3.5)
+    body = bytes(range(256)) * 200
+    pair.send(pair.a, body)
+    pair.run(1.0)
+    assert pair.b.delivered == [body]
+
+
+def test_rekey_keeps_the_stream_going() -> None:
+    pair = LinkPair(settings=LinkSettings(rekey_after=5.0))
+    pair.run(1.0)
+    first = pair.a.link.sessions.handshakes_completed
+    for i in range(12):
+        pair.send(pair.a, f"r{i}".encode())
+        pair.run(1.0)
+    assert pair.a.link.sessions.handshakes_completed > first
+    assert pair.b.delivered == [f"r{i}".encode() for i in range(12)]
+
+
+def test_garbage_packets_are_dropped_not_raised() -> None:
+    pair = LinkPair()
+    pair.run(1.0)
+    for junk in (b"", b"\x03" + bytes(40), b"\x01" * 200, b"\x02" + bytes(100), b"\xff"):
+        assert pair.b.link.receive_untrusted(0, junk, pair.now) is False
+    assert pair.b.link.dropped == 5
+    pair.send(pair.a, b"still fine")
+    pair.run(1.0)
+    assert pair.b.delivered == [b"still fine"]
