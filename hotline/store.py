@@ -31,6 +31,7 @@ took from envelopes they already decoded and verified.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -200,6 +201,16 @@ class Store:
     def close(self) -> None:
         """Close the database (committed data is already durable)."""
         self._db.close()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Run the reads inside the ``with`` block on one consistent snapshot (WAL), so a
+        reader (``verify``) sees no half of what a running daemon commits meanwhile."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
 
     # --- reads ----------------------------------------------------------------------
 

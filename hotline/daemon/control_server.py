@@ -37,12 +37,8 @@ async def bind_control_socket(path: Path) -> trio.SocketListener:
         ConfigError: another daemon is already listening there.
         AccessDeniedError: the directory does not let us create the socket.
     """
+    await trio.to_thread.run_sync(_remove_stale, path)
     sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    if os.path.lexists(path):
-        if await _is_live(path):
-            sock.close()
-            raise ConfigError(f"control socket {path} is in use: is another daemon running?")
-        os.unlink(path)
     old_umask = os.umask(0o117)
     try:
         await sock.bind(str(path))
@@ -56,15 +52,19 @@ async def bind_control_socket(path: Path) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
-async def _is_live(path: Path) -> bool:
-    probe = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    try:
-        await probe.connect(str(path))
-    except OSError as err:
-        return err.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
-    finally:
-        probe.close()
-    return True
+def _remove_stale(path: Path) -> None:
+    if not os.path.lexists(path):
+        return
+    with stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError as err:
+            if err.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+                raise ConfigError(f"control socket {path}: {err.strerror}") from err
+        else:
+            raise ConfigError(f"control socket {path} is in use: is another daemon running?")
+    os.unlink(path)
 
 
 class ControlServer:

@@ -158,8 +158,8 @@ class Runner:
 
     async def drain(self) -> None:
         """Return once nothing is waiting to be committed (graceful shutdown)."""
-        while self._committing or not _empty(self._batch):
-            await trio.sleep(0.01)  # noqa: ASYNC110 - polls state the runner loop changes
+        while self._committing or not _empty(self._batch):  # noqa: ASYNC110
+            await trio.sleep(0.01)  # polls state that the runner loop changes
 
     async def wedge_after(self, seconds: float) -> None:
         """Fault injection for the watchdog test: stop the loop from turning."""
