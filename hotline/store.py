@@ -74,6 +74,7 @@ class PeerStream:
     epoch: bytes
     delivered_upto: int
     chain: bytes  # chain hash of the envelope at delivered_upto (zeros if none)
+    first_seq: int = 1  # where this epoch's stream starts in our store
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ CREATE TABLE outgoing (
 CREATE TABLE peer_epochs (
     ord            INTEGER PRIMARY KEY AUTOINCREMENT,
     epoch          BLOB NOT NULL UNIQUE CHECK (length(epoch) = 16),
+    first_seq      INTEGER NOT NULL CHECK (first_seq >= 1),
     delivered_upto INTEGER NOT NULL,
     chain          BLOB NOT NULL
 );
@@ -235,14 +237,16 @@ class Store:
     def peer_stream(self) -> PeerStream | None:
         """The latest peer epoch seen and how far it is stored without a gap."""
         row = self._db.execute(
-            "SELECT epoch, delivered_upto, chain FROM peer_epochs ORDER BY ord DESC LIMIT 1"
+            "SELECT epoch, delivered_upto, chain, first_seq FROM peer_epochs"
+            " ORDER BY ord DESC LIMIT 1"
         ).fetchone()
         return None if row is None else PeerStream(*row)
 
     def peer_epochs(self) -> list[PeerStream]:
         """Every peer epoch seen, oldest first."""
         rows = self._db.execute(
-            "SELECT epoch, delivered_upto, chain FROM peer_epochs ORDER BY ord").fetchall()
+            "SELECT epoch, delivered_upto, chain, first_seq FROM peer_epochs ORDER BY ord"
+        ).fetchall()
         return [PeerStream(*row) for row in rows]
 
     def inbox_since(self, seq: int, limit: int = 1000) -> list[InRecord]:
@@ -283,13 +287,15 @@ class Store:
             yield from (OutRecord(*row) for row in rows)
             last = rows[-1][0]
 
-    def iter_incoming(self) -> Iterator[InRecord]:
-        """All the peer's envelopes: epochs in the order first seen, seqs ascending."""
-        for stream in self.peer_epochs():
+    def iter_incoming(self, epoch: bytes | None = None) -> Iterator[InRecord]:
+        """The peer's envelopes, seqs ascending: of ``epoch``, or of every epoch in the
+        order first seen (``epoch=None``)."""
+        epochs = [p.epoch for p in self.peer_epochs()] if epoch is None else [epoch]
+        for current in epochs:
             last = 0
             while rows := self._db.execute(
                     "SELECT epoch, seq, raw, sig FROM incoming WHERE epoch = ? AND seq > ?"
-                    " ORDER BY seq LIMIT ?", (stream.epoch, last, _PAGE)).fetchall():
+                    " ORDER BY seq LIMIT ?", (current, last, _PAGE)).fetchall():
                 yield from (InRecord(*row) for row in rows)
                 last = rows[-1][1]
 
@@ -308,8 +314,9 @@ class Store:
         """Commit a whole batch in one transaction (one fsync), all or nothing.
 
         Outgoing records must continue ``out_head()`` contiguously. Incoming records
-        already stored are ignored; a record of an unseen peer epoch starts that epoch
-        (its stream begins at the lowest seq of that epoch in this batch). ``acked_upto``
+        already stored, or at or below the epoch's ``delivered_upto``, are ignored; a
+        record of an unseen peer epoch starts that epoch (its stream begins at the
+        lowest seq of that epoch in this batch, normally 1). ``acked_upto``
         only ever grows. Receipts already stored for the same upto are ignored.
 
         Raises:
@@ -356,23 +363,26 @@ class Store:
         for record in records:
             by_epoch.setdefault(record.epoch, []).append(record)
         for epoch, group in by_epoch.items():
-            self._ensure_peer_epoch(epoch, min(r.seq for r in group))
+            upto = self._ensure_peer_epoch(epoch, min(r.seq for r in group))
+            # At or below delivered_upto (or below the epoch's first seq): a duplicate.
             self._db.executemany(
                 "INSERT OR IGNORE INTO incoming (epoch, seq, raw, sig) VALUES (?, ?, ?, ?)",
-                [(r.epoch, r.seq, r.raw, r.sig) for r in group])
-            self._advance_delivered(epoch)
+                [(r.epoch, r.seq, r.raw, r.sig) for r in group if r.seq > upto])
+            self._advance_delivered(epoch, upto)
 
-    def _ensure_peer_epoch(self, epoch: bytes, first_seq: int) -> None:
+    def _ensure_peer_epoch(self, epoch: bytes, first_seq: int) -> int:
+        """Create the epoch's row if new; return its delivered_upto."""
         if len(epoch) != EPOCH_LEN:
             raise LocalProtocolError("a peer epoch is 16 bytes")
         self._db.execute(
-            "INSERT OR IGNORE INTO peer_epochs (epoch, delivered_upto, chain) VALUES (?, ?, ?)",
-            (epoch, first_seq - 1, ZERO_HASH))
-
-    def _advance_delivered(self, epoch: bytes) -> None:
-        """Move ``delivered_upto`` over every stored seq that now follows it without a gap."""
-        upto = self._db.execute(
+            "INSERT OR IGNORE INTO peer_epochs (epoch, first_seq, delivered_upto, chain)"
+            " VALUES (?, ?, ?, ?)", (epoch, first_seq, first_seq - 1, ZERO_HASH))
+        upto: int = self._db.execute(
             "SELECT delivered_upto FROM peer_epochs WHERE epoch = ?", (epoch,)).fetchone()[0]
+        return upto
+
+    def _advance_delivered(self, epoch: bytes, upto: int) -> None:
+        """Move ``delivered_upto`` over every stored seq that now follows it without a gap."""
         new = upto
         while self._db.execute(
                 "SELECT 1 FROM incoming WHERE epoch = ? AND seq = ?", (epoch, new + 1)

@@ -170,11 +170,15 @@ def test_new_peer_epoch(store):
     assert store.get_incoming(3) is None
     assert store.get_incoming(3, epoch=PEER_EPOCH) is not None
     assert [r.epoch for r in store.iter_incoming()] == [PEER_EPOCH] * 3 + [new_epoch] * 2
+    assert list(store.iter_incoming(PEER_EPOCH)) == ins(1, 3)
 
 
 def test_new_epoch_may_start_above_one(store):
     store.apply(Batch(incoming=ins(40, 2)))
     assert store.peer_stream().delivered_upto == 41
+    assert store.peer_stream().first_seq == 40
+    store.apply(Batch(incoming=ins(1, 3)))  # below the epoch's start: ignored
+    assert [r.seq for r in store.iter_incoming()] == [40, 41]
     assert [r.seq for r in store.inbox_since(0)] == [40, 41]
 
 

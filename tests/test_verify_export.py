@@ -1,0 +1,196 @@
+"""``hotline verify`` and ``hotline export`` on a real store, intact and tampered with."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hotline.cli import main
+from hotline.commands.verify import verify_store
+from hotline.keyfile import save_identity
+from hotline.proto import envelope as ev
+from hotline.proto.identity import Identity
+from hotline.store import Batch, InRecord, OutRecord, ReceiptRecord, Store
+
+OURS = Identity.from_seed(bytes([3]) * 32)
+THEIRS = Identity.from_seed(bytes([4]) * 32)
+PEER_EPOCH = bytes([9]) * 16
+
+
+def chain(signer, to, epoch, count, start=1, prev=ev.ZERO_HASH):
+    out = []
+    for seq in range(start, start + count):
+        raw = ev.encode_envelope(epoch, signer.public.raw, to.public.raw, seq,
+                                 1_700_000_000 * 10**9 + seq, prev, "text/plain",
+                                 f"message {seq}".encode())
+        out.append((seq, raw, ev.sign_envelope(signer, raw)))
+        prev = ev.chain_hash(raw)
+    return out
+
+
+@pytest.fixture
+def link(tmp_path, monkeypatch):
+    """A config, our key file, and a store with 5 sent, 4 received, 2 receipts."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    save_identity(tmp_path / "washington", OURS, "washington")
+    state = tmp_path / "state"
+    config = tmp_path / "moscow.toml"
+    config.write_text(
+        'key = "washington"\nlisten = []\nstate_dir = "state"\n'
+        f'[peer]\nname = "moscow"\nkey = "{THEIRS.public.openssh_line("moscow")}"\n'
+        'paths = ["tcp://127.0.0.1:7411"]\n')
+    store = Store.open(state, OURS.public.raw, THEIRS.public.raw)
+    sent = [OutRecord(*t) for t in chain(OURS, THEIRS, store.epoch, 5)]
+    receipts = []
+    for upto in (2, 3):
+        c = ev.chain_hash(sent[upto - 1].raw)
+        raw = ev.encode_receipt(OURS.public.raw, THEIRS.public.raw, upto, c)
+        receipts.append(ReceiptRecord(store.epoch, upto, c, raw, ev.sign_receipt(THEIRS, raw)))
+    store.apply(Batch(
+        outgoing=sent, acked_upto=3, receipts=receipts,
+        incoming=[InRecord(PEER_EPOCH, *t) for t in chain(THEIRS, OURS, PEER_EPOCH, 4)]))
+    store.close()
+    return config, state / "hotline.db"
+
+
+def sql(db: Path, statement: str, *params: object) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(statement, params)
+    conn.close()
+
+
+def flip_last_byte(db: Path, table: str, seq: int) -> None:
+    conn = sqlite3.connect(db)
+    raw = conn.execute(f"SELECT raw FROM {table} WHERE seq = ?", (seq,)).fetchone()[0]
+    with conn:
+        conn.execute(f"UPDATE {table} SET raw = ? WHERE seq = ?",
+                     (raw[:-1] + bytes([raw[-1] ^ 1]), seq))
+    conn.close()
+
+
+def verify(config, capsys) -> tuple[int, str]:
+    code = main(["verify", "-c", str(config)])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def test_intact_store_verifies(link, capsys):
+    code, text = verify(link[0], capsys)
+    assert code == 0
+    assert text == "verified 5 sent, 4 received, 2 receipts: OK\n"
+
+
+def test_verify_store_function(link):
+    store = Store.open(link[1].parent, OURS.public.raw, THEIRS.public.raw, create=False)
+    report = verify_store(store, OURS.public, THEIRS.public)
+    store.close()
+    assert report.ok
+    assert (report.sent, report.received, report.receipts) == (5, 4, 2)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expect"),
+    [
+        (lambda db: flip_last_byte(db, "outgoing", 3), "sent seq 3: signature does not verify"),
+        (lambda db: flip_last_byte(db, "incoming", 2), "received seq 2 "),
+        (lambda db: sql(db, "DELETE FROM outgoing WHERE seq = 2"), "sent seq 2: missing"),
+        (lambda db: sql(db, "DELETE FROM incoming WHERE seq = 3"), "received seq 3 "),
+        (lambda db: sql(db, "DELETE FROM incoming WHERE seq = 4"), "received seq 4 "),
+        (lambda db: sql(db, "DELETE FROM outgoing WHERE seq >= 3"), "sent seq 3: missing"),
+        (lambda db: sql(db, "UPDATE receipts SET raw = ? WHERE upto = 3",
+                        ev.encode_receipt(OURS.public.raw, THEIRS.public.raw, 4, bytes(32))),
+         "receipt upto sent seq 3: bad receipt"),
+        (lambda db: sql(db, "UPDATE receipts SET sig = ? WHERE upto = 2", bytes(64)),
+         "receipt upto sent seq 2"),
+        (lambda db: sql(db, "UPDATE outgoing SET sig = ? WHERE seq = 1", bytes(64)),
+         "sent seq 1: signature"),
+        (lambda db: sql(db, "UPDATE incoming SET raw = x'00' WHERE seq = 1"),
+         "received seq 1 (peer epoch 09090909): not a valid envelope"),
+    ],
+    ids=["out-body", "in-body", "out-deleted", "in-deleted", "in-head-deleted",
+         "out-tail-deleted", "receipt-altered", "receipt-sig", "out-sig", "in-garbage"],
+)
+def test_tampered_store_fails_naming_the_seq(link, capsys, tamper, expect):
+    config, db = link
+    tamper(db)
+    code, text = verify(config, capsys)
+    assert code == 1
+    assert expect in text
+    assert "verify FAILED" in text
+    assert len(text.splitlines()) == 1
+
+
+def test_resigned_envelope_with_broken_chain_fails(link, capsys):
+    """Even the signer cannot rewrite history: a re-signed seq 3 breaks seq 4's link."""
+    config, db = link
+    store = Store.open(db.parent, OURS.public.raw, THEIRS.public.raw)
+    epoch = store.epoch
+    store.close()
+    _, raw, sig = chain(OURS, THEIRS, epoch, 1, start=3, prev=bytes(32))[0]
+    sql(db, "UPDATE outgoing SET raw = ?, sig = ?, chain = ? WHERE seq = 3",
+        raw, sig, ev.chain_hash(raw))
+    code, text = verify(config, capsys)
+    assert code == 1
+    assert "sent seq 3: broken chain link" in text
+
+
+def test_receipt_of_another_transcript_fails(link, capsys):
+    config, db = link
+    other = bytes(32)
+    raw = ev.encode_receipt(OURS.public.raw, THEIRS.public.raw, 2, other)
+    sql(db, "UPDATE receipts SET raw = ?, sig = ?, chain = ? WHERE upto = 2",
+        raw, ev.sign_receipt(THEIRS, raw), other)
+    code, text = verify(config, capsys)
+    assert code == 1
+    assert "receipt upto sent seq 2: the peer signed a different transcript" in text
+
+
+def test_verify_without_store(tmp_path, link, capsys):
+    config, db = link
+    for name in ("hotline.db", "hotline.db-wal", "hotline.db-shm"):
+        (db.parent / name).unlink(missing_ok=True)
+    code, text = verify(config, capsys)
+    assert code == 1
+    assert "no store" in text
+
+
+@pytest.mark.parametrize(("direction", "seq", "name"), [("in", 2, "moscow"),
+                                                         ("out", 4, "washington")])
+def test_export_is_verified_by_ssh_keygen(link, capsys, tmp_path, ssh_keygen,
+                                          direction, seq, name):
+    config, _ = link
+    out_dir = tmp_path / "export"
+    code = main(["export", "-c", str(config), str(seq), str(out_dir), "--direction", direction])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"-I {name} -n hotline" in out
+    raw = (out_dir / "msg").read_bytes()
+    assert ev.decode_envelope_untrusted(raw, 65536).body == f"message {seq}".encode()
+    cmd = [ssh_keygen, "-Y", "verify", "-f", str(out_dir / "allowed_signers"), "-I", name,
+           "-n", "hotline", "-s", str(out_dir / "msg.sig")]
+    result = subprocess.run(cmd, input=raw, capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert b"Good" in result.stdout + result.stderr
+    assert subprocess.run(cmd, input=raw + b"!", capture_output=True,
+                          check=False).returncode != 0
+
+
+def test_export_missing_seq(link, capsys, tmp_path):
+    config, _ = link
+    code = main(["export", "-c", str(config), "99", str(tmp_path / "x")])
+    assert code == 2
+    assert "no received message (latest peer epoch) with seq 99" in capsys.readouterr().err
+
+
+def test_export_refuses_a_bad_signature(link, capsys, tmp_path):
+    config, db = link
+    flip_last_byte(db, "incoming", 1)
+    code = main(["export", "-c", str(config), "1", str(tmp_path / "x")])
+    assert code == 1
+    assert "does not verify" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
