@@ -464,7 +464,9 @@ def _ensure_meta(
         db.execute("BEGIN IMMEDIATE")
         row = db.execute("SELECT our_key, peer_key, epoch FROM meta").fetchone()
         if row is None:
-            epoch = rng(EPOCH_LEN)
+            epoch = bytes(rng(EPOCH_LEN))
+            if len(epoch) != EPOCH_LEN:
+                raise LocalProtocolError("rng returned the wrong number of bytes")
             db.execute("INSERT INTO meta (id, our_key, peer_key, epoch) VALUES (1, ?, ?, ?)",
                        (our_key, peer_key, epoch))
             row = (our_key, peer_key, epoch)

@@ -194,3 +194,21 @@ def test_export_refuses_a_bad_signature(link, capsys, tmp_path):
     assert code == 1
     assert "does not verify" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_new_peer_epoch_and_pending_gap_verify(link):
+    """A second peer epoch, and a stored record above a gap (awaiting retransmission)."""
+    _, db = link
+    store = Store.open(db.parent, OURS.public.raw, THEIRS.public.raw)
+    epoch2 = bytes([10]) * 16
+    records = [InRecord(epoch2, *t) for t in chain(THEIRS, OURS, epoch2, 6)]
+    store.apply(Batch(incoming=records[:3] + records[4:]))
+    assert store.peer_stream().delivered_upto == 3
+    report = verify_store(store, OURS.public, THEIRS.public)
+    assert report.ok, report.problem
+    assert report.received == 4 + 5
+    sql(db, "DELETE FROM incoming WHERE epoch = ? AND seq = 1", epoch2)
+    report = verify_store(store, OURS.public, THEIRS.public)
+    assert report.problem is not None
+    assert report.problem.startswith("received seq 1 (peer epoch 0a0a0a0a): missing")
+    store.close()
