@@ -226,3 +226,43 @@ class LoopbackPair:
             return True
 
         return self.wait_for(ready, timeout, "the link to come up")
+
+
+class ProxiedPair(LoopbackPair):
+    """A LoopbackPair whose every dialled path goes through a fault proxy subprocess.
+
+    Proxy names are ``DIALLER.SCHEME`` (``washington.tcp`` carries what washington
+    dials on moscow's TCP port, and the replies). ``set_faults("tcp", blackhole=True)``
+    changes both directions of a scheme at once.
+    """
+
+    def __init__(self, root: Path, settings: dict[str, Any] | None = None,
+                 seed: int = 1, log_format: str = "text") -> None:
+        self._plan: list[dict[str, Any]] = []
+        super().__init__(root, route=self._route, settings=settings, log_format=log_format)
+        from hotline.faultproxy import FaultProxyProcess
+
+        self.proxy = FaultProxyProcess({"seed": seed, "proxies": self._plan})
+
+    def _route(self, dialler: str, scheme: str, target_port: int) -> int:
+        kind = socket.SOCK_STREAM if scheme == "tcp" else socket.SOCK_DGRAM
+        port = free_port(kind)
+        spec: dict[str, Any] = {
+            "name": f"{dialler}.{scheme}", "kind": scheme,
+            "listen": f"127.0.0.1:{port}", "target": f"127.0.0.1:{target_port}",
+        }
+        if scheme == "tcp":
+            spec["frame_aware"] = True
+        self._plan.append(spec)
+        return port
+
+    def set_faults(self, scheme: str, **faults: Any) -> None:
+        """Change the faults of every proxy carrying ``scheme`` (both directions)."""
+        for spec in self._plan:
+            if spec["kind"] == scheme:
+                self.proxy.set(spec["name"], **faults)
+
+    def close(self) -> None:
+        """Stop both daemons and the proxy."""
+        self.stop_all()
+        self.proxy.close()

@@ -57,6 +57,7 @@ from hotline.transport.events import (
 # Messages a sender may have sealed but not yet acknowledged before `send` is refused:
 # flow control toward the client, so a dead peer cannot grow our memory without bound.
 MAX_BACKLOG = 100_000
+AUTH_LOG_EVERY = 10.0
 
 
 class Reply:
@@ -134,6 +135,7 @@ class Runner:
         self._sequencer = sequencer
         self._store = store
         self._wedged = False
+        self._auth_log: dict[str, tuple[float, int]] = {}
         self._transports = transports
         self._logger = logger
         self._notifier = notifier
@@ -301,11 +303,21 @@ class Runner:
         dropped = self._counters.dropped
         dropped[event.kind] = dropped.get(event.kind, 0) + 1
         url = self.link.specs[event.path_id].url
-        if event.kind in ("AuthenticationError", "HandshakeError", "ReplayError"):
-            self._logger.auth(self._peer_name, f"{event.kind}: {event.reason}", url)
-        else:
+        if event.kind not in ("AuthenticationError", "HandshakeError", "ReplayError"):
             self._logger.event("debug", DEBUG, peer=self._peer_name, path=url,
                                dropped=event.kind, reason=event.reason)
+            return
+        # At most one auth line per reason every AUTH_LOG_EVERY seconds, so a flood of
+        # forged packets cannot flood the journal; the next line says how many were held.
+        now = trio.current_time()
+        key = f"{event.kind}: {event.reason}"
+        last, held = self._auth_log.get(key, (-math.inf, 0))
+        if now - last < AUTH_LOG_EVERY:
+            self._auth_log[key] = (last, held + 1)
+            return
+        self._auth_log[key] = (now, 0)
+        reason = key if not held else f"{key} (and {held} more since the last line)"
+        self._logger.auth(self._peer_name, reason, url)
 
     def _log_change(
         self, event: PathUp | PathDown | PrimaryChanged | HandshakeComplete | NewEpoch
@@ -316,14 +328,30 @@ class Runner:
         elif isinstance(event, PathDown):
             self._logger.state(peer, event.url, "down", event.reason)
         elif isinstance(event, PrimaryChanged):
-            self._logger.state(peer, event.new, "failover", f"active was {event.old or 'none'}")
+            self._log_primary(event)
         elif isinstance(event, HandshakeComplete):
             self._logger.event("handshake", NOTICE, peer=peer,
                                path=self.link.specs[event.path_id].url, result="ok",
                                role="initiator" if event.initiator else "responder")
-        else:
-            self._logger.event("epoch", WARNING, peer=peer, change="new peer epoch",
+        elif event.old is None:
+            self._logger.event("epoch", NOTICE, peer=peer, change="first contact",
                                epoch=event.epoch.hex(), first_seq=event.base_seq)
+        else:
+            self._logger.event("epoch", WARNING, peer=peer,
+                               change="peer started a new epoch (its store was lost or reset)",
+                               old=event.old.hex(), epoch=event.epoch.hex(),
+                               first_seq=event.base_seq)
+
+    def _log_primary(self, event: PrimaryChanged) -> None:
+        """``failover`` when traffic moves to a later path, ``primary`` when it moves back."""
+        urls = [spec.url for spec in self.link.specs]
+        if event.new is None:
+            self._logger.state(self._peer_name, event.old, "down", "no path is up")
+            return
+        rank_new = urls.index(event.new)
+        moved_down = event.old is not None and urls.index(event.old) < rank_new
+        self._logger.state(self._peer_name, event.new, "failover" if moved_down else "primary",
+                           f"active was {event.old or 'none'}")
 
     def _on_acked(self, upto: int) -> None:
         if upto <= self.acked_upto:

@@ -128,17 +128,20 @@ class SessionManager:
     def on_initiation_untrusted(self, packet: bytes, now: float) -> bytes | None:
         """Answer a peer's initiation. Returns the response, or None when ours wins the cross.
 
+        The initiation is authenticated in full before the crossing rule is applied, so
+        nothing unauthenticated ever changes our state or counts as hearing the peer.
+
         Raises:
             RemoteProtocolError: the initiation is malformed, forged, replayed or rate limited.
         """
+        index = self._new_index()
+        session, response = self._responder.consume_initiation_untrusted(packet, index, now)
         if (
             self.pending is not None
             and keeps_own_initiation(self._our.public, self._their)
             and now - self.pending[2] < REKEY_TIMEOUT
         ):
             return None
-        index = self._new_index()
-        session, response = self._responder.consume_initiation_untrusted(packet, index, now)
         self.pending = None
         if self.unconfirmed is not None:
             self._by_index.pop(self.unconfirmed.session.our_index, None)
