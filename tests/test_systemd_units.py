@@ -98,5 +98,5 @@ def test_sysusers_and_tmpfiles_apply(tmp_path: Path) -> None:
         capture_output=True, check=False, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "etc/hotline").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "etc/hotline").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "etc/hotline/keys").stat().st_mode & 0o777 == 0o700

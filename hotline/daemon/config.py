@@ -20,7 +20,8 @@ with ``tomllib`` into a frozen ``Config``:
   ``/run/hotline/LINK/hotline.sock`` is used when it exists and
   ``state_dir/control.sock`` does not (LINK = the config file's stem).
 
-Every problem is one ``ConfigError`` line ``CONFIGPATH: what is wrong`` (exit 78).
+Every problem is one ``ConfigError`` line ``CONFIGPATH: what is wrong`` (exit 78),
+except a config we may not read: ``AccessDeniedError`` (exit 77).
 Fast client commands import this module, so it must not import trio or cryptography
 (``hotline.proto.identity`` parses public keys in pure Python and loads cryptography
 lazily; a test checks the import graph).
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hotline.errors import ConfigError, KeyFileError
+from hotline.errors import AccessDeniedError, ConfigError, KeyFileError
 from hotline.keyfile import load_public_key
 from hotline.proto.identity import PublicKey
 
@@ -169,6 +170,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
 
     Raises:
         ConfigError: ``PATH: what is wrong`` (``KeyFileError`` for a bad peer key).
+        AccessDeniedError: the file exists but we may not read it.
     """
     path = Path(path)
     env = os.environ if environ is None else environ
@@ -178,6 +180,9 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
+    except PermissionError as err:
+        raise AccessDeniedError(f"{path}: cannot read config: {err.strerror} (configs are "
+                                "root:hotline 0640: join the hotline group)") from err
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config: {err.strerror}") from err
     except UnicodeDecodeError as err:

@@ -292,3 +292,11 @@ def test_config_is_frozen(site: Path) -> None:
     assert isinstance(c, Config)
     with pytest.raises(AttributeError):
         c.heartbeat = 2.0  # type: ignore[misc]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_config_is_a_permission_problem(site: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    os.chmod(site / "link.toml", 0)
+    assert main(["check", "-c", str(site / "link.toml")]) == 77
+    assert "Permission denied" in capsys.readouterr().err
