@@ -300,3 +300,18 @@ def test_unreadable_config_is_a_permission_problem(site: Path,
     os.chmod(site / "link.toml", 0)
     assert main(["check", "-c", str(site / "link.toml")]) == 77
     assert "Permission denied" in capsys.readouterr().err
+
+
+def test_client_finds_the_service_socket(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a shell (no $RUNTIME_DIRECTORY) a client finds hotline@LINK's socket."""
+    import hotline.daemon.config as config_module
+
+    run = site / "run"
+    monkeypatch.setattr(config_module, "RUNTIME_BASE", run)
+    assert load_config(site / "link.toml", environ={}).control == site / "state/control.sock"
+    (run / "link").mkdir(parents=True)
+    (run / "link" / "hotline.sock").touch()
+    assert load_config(site / "link.toml", environ={}).control == run / "link/hotline.sock"
+    (site / "state").mkdir()
+    (site / "state" / "control.sock").touch()  # a daemon run by hand wins
+    assert load_config(site / "link.toml", environ={}).control == site / "state/control.sock"
