@@ -30,6 +30,10 @@ from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.packet import TransportOpener, TransportSealer, receiver_index_untrusted
 
 REKEY_TIMEOUT = 5.0
+# A crossing initiation from a live peer while ours is older than this means ours was
+# most likely lost (e.g. sent before the peer was listening): send ours again at once
+# instead of waiting out REKEY_TIMEOUT.
+RESEND_CROSSED_AFTER = 1.0
 REJECT_AFTER = 180.0
 REKEY_AFTER_PACKETS = 2**60
 _RESPONDER_REKEY_GRACE = 15.0
@@ -74,6 +78,8 @@ class SessionManager:
         self._responder = Responder(our, their, rng)
         self._by_index: dict[int, ActiveSession] = {}
         self.pending: tuple[Initiation, int, float] | None = None
+        self._pending_packet = b""
+        self._pending_resent = False
         self.current: ActiveSession | None = None
         self.unconfirmed: ActiveSession | None = None
         self.previous: ActiveSession | None = None
@@ -123,10 +129,14 @@ class SessionManager:
             self._our, self._their, index, self._last_timestamp_ns, now, self._rng
         )
         self.pending = (initiation, index, now)
+        self._pending_packet, self._pending_resent = packet, False
         return packet
 
     def on_initiation_untrusted(self, packet: bytes, now: float) -> bytes | None:
-        """Answer a peer's initiation. Returns the response, or None when ours wins the cross.
+        """Answer a peer's initiation. Returns the packet to send back, or None.
+
+        Normally that is our response. When initiations cross and ours wins, it is None,
+        or — once, if ours is older than RESEND_CROSSED_AFTER — our own initiation again.
 
         The initiation is authenticated in full before the crossing rule is applied, so
         nothing unauthenticated ever changes our state or counts as hearing the peer.
@@ -141,7 +151,10 @@ class SessionManager:
             and keeps_own_initiation(self._our.public, self._their)
             and now - self.pending[2] < REKEY_TIMEOUT
         ):
-            return None
+            if self._pending_resent or now - self.pending[2] < RESEND_CROSSED_AFTER:
+                return None
+            self._pending_resent = True
+            return self._pending_packet
         self.pending = None
         if self.unconfirmed is not None:
             self._by_index.pop(self.unconfirmed.session.our_index, None)

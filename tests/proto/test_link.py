@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hotline.proto.events import HandshakeComplete, PathDown, PrimaryChanged
 from hotline.proto.link import LinkSettings
 from tests.helpers import LinkPair
@@ -89,3 +91,16 @@ def test_garbage_packets_are_dropped_not_raised() -> None:
     pair.send(pair.a, b"still fine")
     pair.run(1.0)
     assert pair.b.delivered == [b"still fine"]
+
+
+@pytest.mark.parametrize("lost", [0, 1])
+def test_lost_first_initiation_does_not_wait_for_the_retry_timer(lost: int) -> None:
+    """Startup race: one end's first initiation is lost (peer not listening yet)."""
+    pair = LinkPair()
+    early = pair.ends[lost].link
+    early.handle_timer(pair.now)
+    assert early.packets_to_send(pair.now)  # the initiation, lost on the wire
+    pair.now += 1.5
+    pair.run(1.0)
+    assert pair.a.link.sessions.can_send()
+    assert pair.b.link.sessions.can_send()
