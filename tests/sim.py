@@ -196,7 +196,6 @@ class Endpoint:
         event = self.inc.on_hello(hello)
         if event is not None:
             self.ledger.new_epochs.append(event)
-            self.pending_in.clear()  # accepted but uncommitted messages of the old epoch
         self._record_ack(self.out.on_hello(hello, now))
 
     def commit(self, now: float) -> None:
