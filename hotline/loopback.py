@@ -77,6 +77,19 @@ class Node:
         self.state_dir = self.dir / "state" / self.name
         self.log_path = self.dir / f"{self.name}.log"
 
+    def log_lines(self, kind: str | None = None) -> list[str]:
+        """This daemon's log lines (timestamp stripped), optionally of one event kind."""
+        if not self.log_path.exists():
+            return []
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            head, _, rest = line.partition(" ")
+            if head[:1].isdigit() and "T" in head:  # an ISO-8601 timestamp prefix
+                line = rest
+            if kind is None or line.split(" ", 1)[0] == kind:
+                out.append(line)
+        return out
+
     @property
     def control(self) -> Path:
         """The daemon's control socket."""

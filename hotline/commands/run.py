@@ -19,6 +19,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(find_config(args.config, args.link))
     logger = Logger.from_env(sys.stderr, args.log_format)
+    if not logger.priority_prefix and logger.journal is None:
+        logger.timestamps = True  # a terminal or a file: say when; journald stamps its own
     notifier = Notifier.from_env()
     try:
         trio.run(run_daemon, config, logger, notifier)

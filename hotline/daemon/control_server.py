@@ -22,12 +22,14 @@ from typing import Any
 import trio
 
 from hotline.daemon import runner as rq
+from hotline.daemon.logs import Logger
 from hotline.daemon.storeworker import StoreWorker
 from hotline.errors import AccessDeniedError, ConfigError, RemoteProtocolError
 from hotline.proto import control as ctl
 
 _READ_SIZE = 65536
 _MAX_CLIENTS = 64
+_EVENT_BACKLOG = 256
 
 
 async def bind_control_socket(path: Path) -> trio.SocketListener:
@@ -70,9 +72,11 @@ def _remove_stale(path: Path) -> None:
 class ControlServer:
     """Serves control clients for one runner (see the module header)."""
 
-    def __init__(self, runner: rq.Runner, store: StoreWorker, log_uid: Any = None) -> None:
+    def __init__(self, runner: rq.Runner, store: StoreWorker, logger: Logger,
+                 log_uid: Any = None) -> None:
         self._runner = runner
         self._store = store
+        self._logger = logger
         self._log_uid = log_uid
         self.clients = 0
 
@@ -120,7 +124,23 @@ class ControlServer:
             async for reply in self._inbox(request):
                 yield reply
         else:
-            yield ctl.error_reply("the events stream is not served by this daemon", 2)
+            async for reply in self._events():
+                yield reply
+
+    async def _events(self) -> AsyncIterator[dict[str, Any]]:
+        """Every log event as it happens; a client too slow to keep up misses some."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](_EVENT_BACKLOG)
+
+        def sink(obj: dict[str, Any]) -> None:
+            with contextlib.suppress(trio.WouldBlock):
+                send.send_nowait(obj)
+
+        remove = self._logger.add_sink(sink)
+        try:
+            async for obj in receive:
+                yield ctl.ok_reply(event=obj)
+        finally:
+            remove()
 
     async def _ask(self, item: rq.SendRequest | rq.WaitRequest | rq.StatusRequest
                    ) -> dict[str, Any]:

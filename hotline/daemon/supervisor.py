@@ -108,7 +108,7 @@ async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Ide
         nursery.start_soon(runner.run)
         for path in tcp_paths:
             nursery.start_soon(path.run)
-        control = ControlServer(runner, worker, _uid_logger(logger))
+        control = ControlServer(runner, worker, logger, _uid_logger(logger))
         control_scope = trio.CancelScope()
         nursery.start_soon(_serve_control, control, control_listener, control_scope)
         nursery.start_soon(_watchdog, notifier, runner, config.heartbeat)
