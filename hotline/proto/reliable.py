@@ -149,13 +149,13 @@ class OutgoingStream:
         self._peer_window = initial_window
         self._msgs: dict[int, _Pending] = {}
         self._next_seq = acked_upto + 1
-        for seq, raw, sig in unacked:
-            self.push(seq, raw, sig)
         self._next_new = acked_upto + 1
         self._timers: dict[int, float] = {}  # seq -> sent_at, oldest first
         self._retx: set[int] = set()
         self._sacked: set[int] = set()
         self._rtt = _RttEstimator()
+        for seq, raw, sig in unacked:
+            self.push(seq, raw, sig)
 
     # --- state --------------------------------------------------------------------
 
