@@ -50,6 +50,8 @@ class LinkPair:
         ids = [Identity.from_seed(bytes([i]) * 32) for i in (1, 2)]
         specs = [PathSpec("tcp://peer:1", "tcp"), PathSpec("udp://peer:1", "udp")]
         self.cut: set[int] = set()
+        # drop(src_name, path_id, packet) -> True drops that packet (targeted loss).
+        self.drop: Callable[[str, int, bytes], bool] = lambda _s, _p, _b: False
         self.ends: list[End] = []
         for i, (me, them) in enumerate(((ids[0], ids[1]), (ids[1], ids[0]))):
             epoch = bytes([0xE0 + i]) * 16
@@ -83,7 +85,7 @@ class LinkPair:
         for src, dst in ((self.a, self.b), (self.b, self.a)):
             src.link.handle_timer(self.now)
             for path_id, packet in src.link.packets_to_send(self.now):
-                if path_id in self.cut:
+                if path_id in self.cut or self.drop(src.name, path_id, packet):
                     continue
                 moved += 1
                 dst.link.receive_untrusted(path_id, packet, self.now)

@@ -154,6 +154,9 @@ class Link:
         self._wall_base_ns = wall_ns - int(now * 1e9)
         self.dropped = 0
         self._attempts = 0
+        # Our HELLO is repeated every heartbeat until an ACK for our epoch shows that
+        # the peer has it (a lost HELLO would otherwise stall a new epoch until rekey).
+        self._hello_due_at: float | None = None
 
     # --- inputs -------------------------------------------------------------------
 
@@ -234,6 +237,7 @@ class Link:
         deadlines = [p.get_timer() for p in self.paths]
         deadlines.append(self.sessions.get_timer())
         deadlines.append(self.outgoing.get_timer())
+        deadlines.append(self._hello_due_at)
         if not self.sessions.can_send() and any(p.connected for p in self.paths):
             pending = self.sessions.pending
             deadlines.append(pending[2] + 5.0 if pending is not None else 0.0)
@@ -289,6 +293,7 @@ class Link:
         if initiator:
             self._send_frame(Keepalive(), [path_id])
         self._send_frame(self._hello(), self._data_paths(fallback=path_id))
+        self._hello_due_at = now + self._settings.heartbeat
         self.outgoing.on_path_change(now)
 
     def _on_frame(self, path_id: int, frame: Frame, now: float) -> None:
@@ -297,6 +302,8 @@ class Link:
             if accepted:
                 self._events.append(Delivered(tuple(accepted)))
         elif isinstance(frame, Ack):
+            if frame.epoch == self.outgoing.epoch:
+                self._hello_due_at = None
             upto = self.outgoing.on_ack(frame, now)
             if upto is not None:
                 self._events.append(Acked(upto))
@@ -311,6 +318,7 @@ class Link:
 
     def _on_hello(self, hello: Hello, now: float) -> None:
         new_epoch = self.incoming.on_hello(hello)
+        self.incoming.request_ack()
         if new_epoch is not None:
             self._events.append(new_epoch)
         upto = self.outgoing.on_hello(hello, now)
@@ -339,6 +347,9 @@ class Link:
         targets = self._data_paths()
         if not targets:
             return
+        if self._hello_due_at is not None and now >= self._hello_due_at:
+            self._hello_due_at = now + self._settings.heartbeat
+            self._send_frame(self._hello(), targets)
         ack = self.incoming.ack_due(now)
         if ack is not None:
             self._send_frame(ack, targets)

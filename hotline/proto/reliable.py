@@ -544,6 +544,10 @@ class IncomingStream:
 
     # --- outputs ------------------------------------------------------------------
 
+    def request_ack(self) -> None:
+        """Make ``ack_due`` answer once even with nothing new (a HELLO wants an answer)."""
+        self._ack_needed = True
+
     def ack_due(self, now: float) -> Ack | None:
         """One ACK if one is due (new committed data, a duplicate, a gap), else None.
 

@@ -104,3 +104,21 @@ def test_lost_first_initiation_does_not_wait_for_the_retry_timer(lost: int) -> N
     pair.run(1.0)
     assert pair.a.link.sessions.can_send()
     assert pair.b.link.sessions.can_send()
+
+
+def test_lost_hello_is_repeated_so_a_new_epoch_does_not_stall() -> None:
+    pair = LinkPair()
+    dropped: list[bytes] = []
+
+    def drop_first_transport_packets_of_a(src: str, _path: int, packet: bytes) -> bool:
+        if src == "a" and packet[0] == 3 and len(dropped) < 2:
+            dropped.append(packet)
+            return True
+        return False
+
+    pair.drop = drop_first_transport_packets_of_a
+    pair.run(0.5)
+    assert len(dropped) == 2
+    pair.send(pair.a, b"after a lost hello")
+    pair.run(3.0)
+    assert pair.b.delivered == [b"after a lost hello"]
