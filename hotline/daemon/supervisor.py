@@ -41,6 +41,10 @@ from hotline.transport.tcp import TcpListener, TcpPath
 from hotline.transport.udp import UdpEndpoint
 
 _SHUTDOWN_GRACE = 5.0
+# Packets a TCP path may hold while its socket drains: above the most the Link hands
+# out in one turn (a full window of DATA plus acks), so a burst is not dropped only to
+# be retransmitted after an RTO. Worst case 8192 × 16 KiB; typically ~300 B each.
+TCP_QUEUE_PACKETS = 8192
 # Test-only fault injection: the runner stops turning after this many seconds, so the
 # watchdog test can prove WATCHDOG=1 stops while the rest of the process is healthy.
 WEDGE_ENV = "HOTLINE_FAULT_WEDGE_RUNNER_AFTER"
@@ -135,7 +139,7 @@ def _make_transports(
     tcp_paths: list[TcpPath] = []
     for path_id, spec in enumerate(config.peer_paths):
         if spec.scheme == "tcp":
-            tcp = TcpPath(path_id, spec.host, spec.port, events)
+            tcp = TcpPath(path_id, spec.host, spec.port, events, queue_limit=TCP_QUEUE_PACKETS)
             tcp_paths.append(tcp)
             transports[path_id] = tcp
         else:
