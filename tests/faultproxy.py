@@ -663,6 +663,10 @@ async def acontrol(address: str, request: dict[str, Any]) -> dict[str, Any]:
     return await trio.to_thread.run_sync(control, address, request)
 
 
+# The module to run with ``-m``: this one, wherever it lives (a copy may ship in hotline/).
+_MODULE = __spec__.name if __spec__ is not None and __name__ == "__main__" else __name__
+
+
 class FaultProxyProcess:
     """``python -m tests.faultproxy`` as a subprocess, for integration tests.
 
@@ -677,7 +681,7 @@ class FaultProxyProcess:
     def __init__(self, config: dict[str, Any], startup_timeout: float = 10.0) -> None:
         repo = Path(__file__).resolve().parent.parent
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.faultproxy", "--config", json.dumps(config)],
+            [sys.executable, "-m", _MODULE, "--config", json.dumps(config)],
             cwd=repo,
             stdout=subprocess.PIPE,
             text=True,

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hotline.transport.backoff import Backoff
 from hotline.transport.events import PacketIn, PathConnected, PathDisconnected, TransportEvent
@@ -20,6 +22,7 @@ from tests.faultproxy import (
     Faults,
     TcpFaultProxy,
     UdpFaultProxy,
+    _FrameSplitter,
     acontrol,
     control,
     handle_request,
@@ -347,3 +350,28 @@ def test_subprocess_proxy_with_control():
                 assert server.recv(100) == b"back"
                 assert control(fp.control_address, {"path": "tcp", "bogus": 1})["ok"] is False
         assert fp.process.returncode == 0
+
+
+# --- pure parts ---------------------------------------------------------------------------
+
+
+@given(
+    frames=st.lists(st.binary(min_size=0, max_size=300), max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=7000), max_size=30),
+)
+def test_frame_splitter_yields_whole_frames_whatever_the_chunking(frames, cuts):
+    wire = b"".join(struct.pack(">I", len(f)) + f for f in frames)
+    splitter = _FrameSplitter()
+    units: list[bytes] = []
+    previous = 0
+    for cut in [*sorted(c for c in cuts if c < len(wire)), len(wire)]:
+        units += splitter.feed(wire[previous:cut])
+        previous = cut
+    assert units == [struct.pack(">I", len(f)) + f for f in frames]
+
+
+def test_faults_validation():
+    assert Faults().updated({"drop": 0.5}).drop == 0.5
+    for bad in ({"drop": 1.5}, {"delay": -1}, {"blackhole": 1}, {"nope": 1}, {"jitter": "x"}):
+        with pytest.raises(ValueError, match=r"must|unknown"):
+            Faults().updated(bad)

@@ -56,6 +56,7 @@ class UdpStats:
     send_errors: int = 0
     recv_errors: int = 0
     resolve_failures: int = 0
+    bind_failures: int = 0
 
 
 @dataclass
@@ -223,12 +224,21 @@ class UdpEndpoint:
         state.norm_hosts = {_norm(info[4])[0] for info in infos}
         if state.remote is None:
             state.remote = sockaddr
-        if self._socket_for_family(family) is None:
-            sock = await self._bind("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
-            assert self._nursery is not None
-            self._nursery.start_soon(self._receive_loop, sock)
+        await self._ensure_socket(family)
         state.announced = True
         await self._events.send(PathConnected(state.path_id))
+
+    async def _ensure_socket(self, family: int) -> None:
+        """Bind an ephemeral socket of ``family`` unless one exists (retrying on error)."""
+        while self._socket_for_family(family) is None:
+            try:
+                sock = await self._bind("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
+            except OSError:
+                self.stats.bind_failures += 1
+                await trio.sleep(self._resolve_backoff.next_delay())
+                continue
+            assert self._nursery is not None
+            self._nursery.start_soon(self._receive_loop, sock)
 
     async def _receive_loop(self, sock: _Socket) -> None:
         bufsize = self.max_datagram + 1
