@@ -23,7 +23,9 @@
 #     until then it is closed after ``first_packet_timeout`` (an idle port scanner).
 #   * ``run()`` keeps the outbound connection dialled: connect with a timeout, on
 #     failure or after the connection ends sleep ``backoff.next_delay()`` and retry;
-#     the backoff resets once an outbound connection delivers a packet.
+#     the backoff resets once an outbound connection delivers a packet or stays up
+#     ``stable_after`` seconds (the peer may well answer on ITS outbound connection,
+#     so ours may carry nothing back and still be perfectly good).
 #   * ``reset()`` (the link declared the path dead, e.g. a black-holed connection):
 #     closes every connection of the path; the dialler redials after its backoff.
 #   * TCP_NODELAY is set on every connection (trio sets it too): packets are small and
@@ -124,6 +126,8 @@ class TcpPath:
         write_timeout: seconds one blocked write may take before the connection is
             declared dead.
         max_packet: largest packet accepted from the wire.
+        stable_after: seconds an outbound connection must last for the re-dial
+            backoff to start over (as it does when the connection delivers a packet).
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class TcpPath:
         connect_timeout: float = 5.0,
         write_timeout: float = 5.0,
         max_packet: int = TCP_MAX_PACKET,
+        stable_after: float = 5.0,
     ) -> None:
         if queue_limit < 1:
             raise LocalProtocolError("queue_limit must be >= 1")
@@ -149,6 +154,7 @@ class TcpPath:
         self.connect_timeout = connect_timeout
         self.write_timeout = write_timeout
         self.max_packet = max_packet
+        self.stable_after = stable_after
         self.stats = TcpStats()
         self.last_error = ""
         self._events = events
@@ -210,8 +216,11 @@ class TcpPath:
             stream = await self._dial()
             if stream is not None:
                 conn = _Conn(stream, _peer_address(stream), outbound=True)
+                up_since = trio.current_time()
                 await self._attach(conn)
                 await self._serve(conn)
+                if trio.current_time() - up_since >= self.stable_after:
+                    self.backoff.reset()
             await trio.sleep(self.backoff.next_delay())
 
     async def _dial(self) -> trio.SocketStream | None:

@@ -478,3 +478,22 @@ async def test_udp_send_misuse_raises_and_no_remote_counts():
         ep.add_path(0, "127.0.0.1", 9)
     path.send(b"x")  # not resolved yet
     assert ep.stats.dropped_no_remote == 1
+
+
+async def test_tcp_backoff_starts_over_after_a_stable_connection():
+    tx, rx = trio.open_memory_channel[TransportEvent](100)
+    port = closed_port()
+    path = TcpPath(0, "127.0.0.1", port, tx, backoff=Backoff(**FAST), stable_after=0.05)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(path.run)
+        await wait_until(lambda: path.backoff.attempts >= 3)  # refused dials back off
+        (listener,) = await trio.open_tcp_listeners(port, host="127.0.0.1")
+        server = await listener.accept()  # a silent peer: it answers on its own dial
+        await next_event(rx, PathConnected)
+        await trio.sleep(0.1)  # outlive stable_after
+        await server.aclose()
+        await next_event(rx, PathDisconnected)
+        await wait_until(lambda: path.stats.dial_attempts >= 2 + path.stats.dial_failures)
+        assert path.backoff.attempts <= 2  # started over (1), maybe one refused dial since
+        await listener.aclose()
+        nursery.cancel_scope.cancel()
