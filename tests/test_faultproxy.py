@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hotline.transport.backoff import Backoff
 from hotline.transport.events import PacketIn, PathConnected, PathDisconnected, TransportEvent
 from hotline.transport.tcp import TcpListener, TcpPath
-from tests.faultproxy import (
+from hotline.faultproxy import (
     FaultProxyProcess,
     Faults,
     TcpFaultProxy,

@@ -303,7 +303,9 @@ class Runner:
         dropped = self._counters.dropped
         dropped[event.kind] = dropped.get(event.kind, 0) + 1
         url = self.link.specs[event.path_id].url
-        if event.kind not in ("AuthenticationError", "HandshakeError", "ReplayError"):
+        # Replays are counted, not logged as failures: duplicates are normal on lossy or
+        # redundant paths, and a replayed packet changes nothing.
+        if event.kind not in ("AuthenticationError", "HandshakeError"):
             self._logger.event("debug", DEBUG, peer=self._peer_name, path=url,
                                dropped=event.kind, reason=event.reason)
             return

@@ -43,7 +43,7 @@ from hotline.transport.udp import UdpEndpoint
 _SHUTDOWN_GRACE = 5.0
 # Packets a TCP path may hold while its socket drains: above the most the Link hands
 # out in one turn (a full window of DATA plus acks), so a burst is not dropped only to
-# be retransmitted after an RTO. Worst case 8192 × 16 KiB; typically ~300 B each.
+# be retransmitted after an RTO. Worst case 8192 x 16 KiB; typically ~300 B each.
 TCP_QUEUE_PACKETS = 8192
 # Test-only fault injection: the runner stops turning after this many seconds, so the
 # watchdog test can prove WATCHDOG=1 stops while the rest of the process is healthy.

@@ -14,6 +14,11 @@ Owns two layers of DESIGN §3:
 
       00 | frame                                               whole frame
       01 | frag_id (4, BE) | index (2, BE) | count (2, BE) | chunk   one fragment
+      02 | (length (2, BE) | frame)*                           bundle of small frames
+
+  ``pack_frames`` packs one turn's frames for a path: small ones share a bundle (one
+  AEAD operation, one TCP frame or datagram, one receive event for many messages —
+  the per-packet costs dominate a small message's), large ones are fragmented.
 
   ``split_frame`` cuts a frame into equal chunks (the last one may be shorter).
   ``Reassembler`` collects fragments per ``frag_id``; everything read from a fragment
@@ -36,6 +41,8 @@ from hotline.proto.packet import TCP_MAX_PACKET
 TCP_LENGTH_LEN = 4
 TAG_WHOLE = 0
 TAG_FRAGMENT = 1
+TAG_BUNDLE = 2
+BUNDLE_ITEM_HEADER_LEN = 2
 WHOLE_HEADER_LEN = 1
 FRAGMENT_HEADER_LEN = 9
 MAX_FRAGMENTS = 0xFFFF
@@ -44,6 +51,7 @@ MIN_CHUNK = 64
 
 _LENGTH = struct.Struct(">I")
 _FRAGMENT = struct.Struct(">BIHH")
+_ITEM = struct.Struct(">H")
 
 
 # --- TCP framing ----------------------------------------------------------------------
@@ -146,6 +154,68 @@ def split_frame(frame: bytes, max_plaintext: int, frag_id: int) -> list[bytes]:
         + frame[index * chunk : (index + 1) * chunk]
         for index in range(count)
     ]
+
+
+def pack_frames(frames: list[bytes], max_plaintext: int, next_frag_id: int) -> tuple[
+    list[bytes], int
+]:
+    """Pack link frames into as few transport plaintexts as fit ``max_plaintext``.
+
+    Small frames that arrive in the same turn share one packet as a *bundle*
+    ``02 | (length(2 BE) | frame)*`` — one AEAD operation, one TCP frame or datagram
+    and one receive event for many messages. A frame that fits alone goes out as
+    ``00 | frame``; a frame too large for one packet is fragmented (``split_frame``).
+
+    Returns:
+        (plaintexts, the next unused fragment id).
+    """
+    out: list[bytes] = []
+    bundle: list[bytes] = []
+    size = 1
+    for frame in frames:
+        item = BUNDLE_ITEM_HEADER_LEN + len(frame)
+        if bundle and size + item > max_plaintext:
+            out.append(_close_bundle(bundle))
+            bundle, size = [], 1
+        if 1 + item <= max_plaintext and len(frame) <= 0xFFFF:
+            bundle.append(frame)
+            size += item
+            continue
+        out.extend(split_frame(frame, max_plaintext, next_frag_id))
+        next_frag_id = (next_frag_id + 1) & 0xFFFFFFFF
+    if bundle:
+        out.append(_close_bundle(bundle))
+    return out, next_frag_id
+
+
+def _close_bundle(frames: list[bytes]) -> bytes:
+    if len(frames) == 1:
+        return bytes([TAG_WHOLE]) + frames[0]
+    return bytes([TAG_BUNDLE]) + b"".join(_ITEM.pack(len(f)) + f for f in frames)
+
+
+def unbundle_untrusted(plaintext: bytes) -> list[bytes]:
+    """The frames of a ``02`` bundle plaintext.
+
+    Raises:
+        DecodeError: not a bundle, an empty bundle, or an item overrunning the packet.
+    """
+    if not plaintext or plaintext[0] != TAG_BUNDLE:
+        raise DecodeError("not a bundle")
+    frames: list[bytes] = []
+    pos, end = 1, len(plaintext)
+    while pos < end:
+        if end - pos < BUNDLE_ITEM_HEADER_LEN:
+            raise DecodeError("truncated bundle item header")
+        (length,) = _ITEM.unpack_from(plaintext, pos)
+        pos += BUNDLE_ITEM_HEADER_LEN
+        if length == 0 or length > end - pos:
+            raise DecodeError(f"bundle item of {length} bytes overruns the packet")
+        frames.append(plaintext[pos : pos + length])
+        pos += length
+    if not frames:
+        raise DecodeError("empty bundle")
+    return frames
 
 
 @dataclass

@@ -12,7 +12,7 @@ keys are the X25519 forms of the pinned Ed25519 keys (``identity.py``). Packets:
 ``payload1`` is msgpack ``[1, sender_index, timestamp_ns]``; we encode it with
 fixed-width ints (uint32, uint64: 16 bytes, still plain msgpack) so every initiation is
 exactly 85 bytes; receivers accept any msgpack encoding that fits the 85-byte bound.
-``payload2`` is msgpack ``[1]`` (we send it; empty is accepted too): 73 or 75 bytes.
+``payload2`` is msgpack ``[1, sender_index]`` (the index again, now authenticated): 76..80 bytes.
 Sizes are checked before anything else, then the type byte, then ``mac1`` = keyed
 BLAKE2s-128 (key = BLAKE2s(``"mac1----"`` ‖ receiver's X25519 public)) over the bytes
 before it. mac1 is a cheap filter, not authentication (the key is public): a packet that
@@ -76,9 +76,12 @@ INITIATION_PAYLOAD_MAX = 1 + 1 + 5 + 9
 INITIATION_PAYLOAD_MIN = 4  # [1, 0, 0] in the shortest msgpack form
 INITIATION_MAX = _INIT_HEADER + DHLEN + INITIATION_PAYLOAD_MAX + TAGLEN + MAC1_LEN  # 85
 INITIATION_MIN = _INIT_HEADER + DHLEN + INITIATION_PAYLOAD_MIN + TAGLEN + MAC1_LEN  # 73
-_RESPONSE_PAYLOAD = b"\x91\x01"  # msgpack [1]
-RESPONSE_MIN = _RESP_HEADER + DHLEN + TAGLEN + MAC1_LEN  # 73, empty payload
-RESPONSE_MAX = RESPONSE_MIN + len(_RESPONSE_PAYLOAD)  # 75
+# [1, uint32] in fixed width; the index is repeated inside the encrypted payload so
+# that the header's (otherwise unauthenticated) sender index cannot be rewritten.
+RESPONSE_PAYLOAD_MAX = 1 + 1 + 5
+RESPONSE_PAYLOAD_MIN = 3  # [1, 0] in the shortest msgpack form
+RESPONSE_MIN = _RESP_HEADER + DHLEN + RESPONSE_PAYLOAD_MIN + TAGLEN + MAC1_LEN  # 76
+RESPONSE_MAX = _RESP_HEADER + DHLEN + RESPONSE_PAYLOAD_MAX + TAGLEN + MAC1_LEN  # 80
 
 RATE_LIMIT = 50.0  # initiations per second per peer (token bucket, burst of as many)
 
@@ -159,11 +162,18 @@ def _decode_initiation_payload_untrusted(data: bytes, header_index: int) -> int:
     return timestamp
 
 
-def _check_response_payload_untrusted(data: bytes) -> None:
-    if data == b"":
-        return
-    items = _unpack_untrusted(data, 1)
+def _encode_response_payload(sender_index: int) -> bytes:
+    return b"\x92\x01" + struct.pack(">BI", 0xCE, sender_index)
+
+
+def _check_response_payload_untrusted(data: bytes, header_index: int) -> None:
+    """Checks ``[1, sender_index]`` and that the index is the header's."""
+    items = _unpack_untrusted(data, 2)
     _check_version_untrusted(items)
+    if len(items) != 2 or not _is_uint(items[1], MAX_INDEX):
+        raise DecodeError("response payload is not [version, index]")
+    if items[1] != header_index:
+        raise HandshakeError("response payload index differs from its header")
 
 
 # --- sessions -------------------------------------------------------------------------
@@ -261,9 +271,10 @@ class Initiation:
         body = _check_mac1_untrusted(self._mac1_key, packet)
         if self._spent:
             raise HandshakeError("initiation already answered")
-        payload = self._hs.read_message(body[_RESP_HEADER:])
+        self._hs.read_message(
+            body[_RESP_HEADER:], lambda p: _check_response_payload_untrusted(p, their_index)
+        )
         self._spent = True
-        _check_response_payload_untrusted(payload)
         return _session(self._hs, self.our_index, their_index, now)
 
 
@@ -332,7 +343,7 @@ class Responder:
 
     def _response(self, hs: HandshakeState, our_index: int, their_index: int) -> bytes:
         body = (bytes([TYPE_RESPONSE]) + struct.pack(">II", our_index, their_index)
-                + hs.write_message(_RESPONSE_PAYLOAD))
+                + hs.write_message(_encode_response_payload(our_index)))
         return body + compute_mac1(self._their_mac1_key, body)
 
 

@@ -57,7 +57,7 @@ from hotline.proto.frames import (
     decode_frame_untrusted,
     encode_frame,
 )
-from hotline.proto.framing import Reassembler, split_frame
+from hotline.proto.framing import TAG_BUNDLE, Reassembler, pack_frames, unbundle_untrusted
 from hotline.proto.heartbeat import PathHealth, make_pong
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.packet import (
@@ -148,6 +148,7 @@ class Link:
         self._reassembler = Reassembler(settings.max_message + 4096)
         self._frag_id = 0
         self._out: list[tuple[int, bytes]] = []
+        self._frames: dict[int, list[bytes]] = {}  # encoded frames per path, this turn
         self._events: list[Event] = []
         self._delivered: list[Delivered] = []
         self.primary: int | None = None
@@ -223,6 +224,7 @@ class Link:
     def packets_to_send(self, now: float) -> list[tuple[int, bytes]]:
         """Everything to transmit now, as (path id, packet)."""
         self._pump(now)
+        self._pack()
         out, self._out = self._out, []
         return out
 
@@ -274,8 +276,13 @@ class Link:
         self._heard(path_id, now)
         if opened.confirmed_now:
             self._after_handshake(path_id, now, initiator=False)
-        frame_bytes = self._reassembler.add_untrusted(opened.plaintext, now)
-        if frame_bytes is not None:
+        plaintext = opened.plaintext
+        if plaintext[:1] == bytes([TAG_BUNDLE]):
+            frames = unbundle_untrusted(plaintext)
+        else:
+            whole = self._reassembler.add_untrusted(plaintext, now)
+            frames = [] if whole is None else [whole]
+        for frame_bytes in frames:
             frame = decode_frame_untrusted(frame_bytes, self._settings.max_message)
             self._on_frame(path_id, frame, now)
 
@@ -360,18 +367,24 @@ class Link:
             self._send_frame(data, targets)
 
     def _send_frame(self, frame: Frame, path_ids: Sequence[int]) -> None:
+        """Queue a frame for these paths; ``_pack`` seals this turn's frames together."""
         if not self.sessions.can_send():
             return
         encoded = encode_frame(frame)
         for path_id in path_ids:
-            max_plain = self.specs[path_id].max_plaintext
-            if len(encoded) + 1 <= max_plain:
-                pieces = [b"\x00" + encoded]
-            else:
-                self._frag_id = (self._frag_id + 1) & 0xFFFFFFFF
-                pieces = split_frame(encoded, max_plain, self._frag_id)
-            for piece in pieces:
-                self._out.append((path_id, self.sessions.seal(piece)))
+            self._frames.setdefault(path_id, []).append(encoded)
+
+    def _pack(self) -> None:
+        """Seal the queued frames, bundled per path into as few packets as fit."""
+        if not self._frames or not self.sessions.can_send():
+            self._frames.clear()
+            return
+        for path_id, frames in self._frames.items():
+            plaintexts, self._frag_id = pack_frames(
+                frames, self.specs[path_id].max_plaintext, self._frag_id
+            )
+            self._out.extend((path_id, self.sessions.seal(p)) for p in plaintexts)
+        self._frames.clear()
 
     def _data_paths(self, fallback: int | None = None) -> list[int]:
         if self._settings.redundant:

@@ -525,10 +525,13 @@ class HandshakeState:
 
     # -- reading
 
-    def read_message(self, message: bytes) -> bytes:
+    def read_message(
+        self, message: bytes, check: Callable[[bytes], object] | None = None
+    ) -> bytes:
         """ReadMessage on untrusted bytes; returns the payload.
 
-        On any error the handshake state is left exactly as before the call.
+        On any error the handshake state is left exactly as before the call — also when
+        ``check(payload)`` (the caller's validation of the decrypted payload) raises.
 
         Raises:
             LimitError: over 65535 bytes. DecodeError: too short for the pattern.
@@ -545,6 +548,8 @@ class HandshakeState:
         saved = (self._symmetric.copy(), _Keys(**vars(self._keys)), list(self._psks))
         try:
             payload = self._read_tokens(tokens, memoryview(message))
+            if check is not None:
+                check(payload)
         except BaseException:
             self._symmetric, self._keys, self._psks = saved
             raise

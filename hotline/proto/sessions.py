@@ -30,10 +30,9 @@ from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.packet import TransportOpener, TransportSealer, receiver_index_untrusted
 
 REKEY_TIMEOUT = 5.0
-# A crossing initiation from a live peer while ours is older than this means ours was
-# most likely lost (e.g. sent before the peer was listening): send ours again at once
-# instead of waiting out REKEY_TIMEOUT.
-RESEND_CROSSED_AFTER = 1.0
+# A crossing initiation proves the peer is live; ours may have been lost (e.g. sent
+# before the peer was listening), so we send ours again once at once instead of waiting
+# out REKEY_TIMEOUT. If ours was merely in flight, the peer refuses the copy as a replay.
 REJECT_AFTER = 180.0
 REKEY_AFTER_PACKETS = 2**60
 _RESPONDER_REKEY_GRACE = 15.0
@@ -136,7 +135,7 @@ class SessionManager:
         """Answer a peer's initiation. Returns the packet to send back, or None.
 
         Normally that is our response. When initiations cross and ours wins, it is None,
-        or — once, if ours is older than RESEND_CROSSED_AFTER — our own initiation again.
+        or — once per initiation of ours — our own initiation again.
 
         The initiation is authenticated in full before the crossing rule is applied, so
         nothing unauthenticated ever changes our state or counts as hearing the peer.
@@ -151,7 +150,7 @@ class SessionManager:
             and keeps_own_initiation(self._our.public, self._their)
             and now - self.pending[2] < REKEY_TIMEOUT
         ):
-            if self._pending_resent or now - self.pending[2] < RESEND_CROSSED_AFTER:
+            if self._pending_resent:
                 return None
             self._pending_resent = True
             return self._pending_packet

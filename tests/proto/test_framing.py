@@ -14,10 +14,13 @@ from hotline.errors import DecodeError, LimitError, LocalProtocolError
 from hotline.proto.framing import (
     FRAGMENT_HEADER_LEN,
     MIN_CHUNK,
+    TAG_BUNDLE,
     Reassembler,
     TcpFrameDecoder,
     encode_tcp_frame,
+    pack_frames,
     split_frame,
+    unbundle_untrusted,
 )
 from hotline.proto.packet import TCP_MAX_PACKET, TRANSPORT_OVERHEAD, UDP_MAX_DATAGRAM
 
@@ -262,3 +265,56 @@ def test_total_bytes_bounded():
 
 def test_single_fragment_frame():
     assert Reassembler(max_frame=100).add_untrusted(frag(3, 0, 1, b"abc"), 0.0) == b"abc"
+
+
+# --- bundles (several small frames in one packet) ---------------------------------------
+
+
+
+def _unpack_all(plaintexts: list[bytes]) -> list[bytes]:
+    frames: list[bytes] = []
+    reassembler = Reassembler(1 << 20)
+    for p in plaintexts:
+        if p[0] == TAG_BUNDLE:
+            frames.extend(unbundle_untrusted(p))
+        else:
+            whole = reassembler.add_untrusted(p, 0.0)
+            if whole is not None:
+                frames.append(whole)
+    return frames
+
+
+@given(st.lists(st.binary(min_size=1, max_size=3000), max_size=40))
+def test_pack_frames_round_trips_in_order_within_the_mtu(frames: list[bytes]) -> None:
+    plaintexts, _ = pack_frames(frames, 1203, 7)
+    assert all(len(p) <= 1203 for p in plaintexts)
+    assert _unpack_all(plaintexts) == frames
+
+
+def test_small_frames_share_one_packet() -> None:
+    plaintexts, next_id = pack_frames([b"a" * 100] * 10, 1203, 0)
+    assert len(plaintexts) == 1
+    assert plaintexts[0][0] == TAG_BUNDLE
+    assert next_id == 0
+
+
+def test_a_lone_frame_is_sent_whole() -> None:
+    plaintexts, _ = pack_frames([b"x" * 50], 1203, 0)
+    assert plaintexts == [b"\x00" + b"x" * 50]
+
+
+@pytest.mark.parametrize(
+    "bad", [b"\x02", b"\x02\x00", b"\x02\x00\x00", b"\x02\x00\x05abc", b"\x00abc"]
+)
+def test_malformed_bundles_are_decode_errors(bad: bytes) -> None:
+    with pytest.raises(DecodeError):
+        unbundle_untrusted(bad)
+
+
+@given(st.binary(max_size=200))
+def test_unbundle_raises_only_decode_error(data: bytes) -> None:
+    try:
+        frames = unbundle_untrusted(b"\x02" + data)
+    except DecodeError:
+        return
+    assert sum(len(f) + 2 for f in frames) == len(data)

@@ -50,7 +50,7 @@ def test_full_handshake_both_ways() -> None:
         assert len(packet) == INITIATION_MAX == 85
         resp = Responder(responder, initiator.public, os.urandom)
         r_session, response = resp.consume_initiation_untrusted(packet, 42, 11.0)
-        assert len(response) == RESPONSE_MAX == 75
+        assert len(response) == RESPONSE_MAX == 80
         i_session = init.consume_response_untrusted(response, 12.0)
 
         assert (i_session.our_index, i_session.their_index) == (0xDEADBEEF, 42)
@@ -278,3 +278,17 @@ def test_fuzz_random_bytes(data: bytes) -> None:
                     lambda: init.consume_response_untrusted(data, 0.0)):
         with pytest.raises(RemoteProtocolError):
             consume()
+
+
+def test_rewritten_responder_index_is_refused_and_the_genuine_response_still_works() -> None:
+    """The header's sender index is not covered by Noise; its copy in the payload is."""
+    init, packet = _initiation()
+    _, response = Responder(BOB, ALICE.public, os.urandom).consume_initiation_untrusted(
+        packet, 9, 0.0)
+    body = bytearray(response[:-16])
+    body[1:5] = (1234).to_bytes(4, "big")
+    forged = bytes(body) + compute_mac1(mac1_key(ALICE.public.x25519()), bytes(body))
+    with pytest.raises(HandshakeError):
+        init.consume_response_untrusted(forged, 0.0)
+    session = init.consume_response_untrusted(response, 0.0)
+    assert session.their_index == 9

@@ -1,0 +1,166 @@
+"""Two real daemon subprocesses on loopback, driven through the real CLI.
+
+These are the "Done when" checks of the daemon issue: messages both ways with status,
+failover when TCP is black-holed (through the fault proxy, no RST), redundant mode,
+return to TCP, wrong and unpinned keys refused. Timings are printed, not asserted
+(``hotline bench`` measures them); the assertions are about what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hotline.keyfile import save_identity
+from hotline.loopback import LoopbackPair, ProxiedPair
+from hotline.proto.identity import Identity
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[LoopbackPair]:
+    p = LoopbackPair(tmp_path)
+    p.start_all()
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+@pytest.fixture
+def proxied(tmp_path: Path) -> Iterator[ProxiedPair]:
+    p = ProxiedPair(tmp_path)
+    p.start_all()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _inbox(p: LoopbackPair, index: int) -> list[dict[str, object]]:
+    out = p.cli(index, "inbox", "--json")
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.decode().splitlines()]
+
+
+def _active(p: LoopbackPair, index: int) -> str:
+    status = p.status(index)
+    assert status is not None
+    return str(status["active"])
+
+
+def test_messages_both_ways_and_status(pair: LoopbackPair) -> None:
+    pair.wait_up()
+    sent = pair.cli(0, "send", "--wait", "--json", "hello moscow")
+    assert sent.returncode == 0, sent.stderr
+    reply = json.loads(sent.stdout)
+    assert reply["seq"] == 1
+    assert reply["acked"] is True
+    assert pair.cli(1, "send", "--wait", "hello washington").stdout == b"1\n"
+    assert [m["body"] for m in _inbox(pair, 1)] == ["hello moscow"]
+    assert [m["body"] for m in _inbox(pair, 0)] == ["hello washington"]
+    status = json.loads(pair.cli(0, "status", "--json").stdout)
+    assert status["state"] == "up"
+    assert status["peer"] == "moscow"
+    assert status["active"].startswith("tcp://")
+    assert [p["state"] for p in status["paths"]] == ["up", "up"]
+    assert all(isinstance(p["rtt_ms"], float) for p in status["paths"])
+    assert status["out_seq"] == 1
+    assert status["acked"] == 1
+    assert status["in_seq"] == 1
+    assert status["backlog"] == 0
+
+
+def test_binary_body_and_stdin(pair: LoopbackPair) -> None:
+    pair.wait_up()
+    body = bytes(range(256)) * 100
+    sent = pair.cli(0, "send", "--wait", "--type", "application/octet-stream", input=body)
+    assert sent.returncode == 0, sent.stderr
+    [msg] = _inbox(pair, 1)
+    assert msg["type"] == "application/octet-stream"
+    assert "body" not in msg
+    import base64
+
+    assert base64.b64decode(str(msg["body_b64"])) == body
+
+
+def test_failover_to_udp_on_tcp_black_hole_and_back(proxied: ProxiedPair) -> None:
+    proxied.wait_up()
+    first = "".join(f"before {i}\n" for i in range(50)).encode()
+    assert proxied.cli(0, "send", "--lines", "--wait", input=first).returncode == 0
+    proxied.set_faults("tcp", blackhole=True)
+    cut = time.monotonic()
+    rest = "".join(f"after {i}\n" for i in range(50)).encode()
+    out = proxied.cli(0, "send", "--lines", "--wait", "--timeout", "30", input=rest)
+    assert out.returncode == 0, out.stderr
+    print(f"50 messages acked {time.monotonic() - cut:.2f}s after the TCP black hole")
+    proxied.wait_for(lambda: _active(proxied, 0).startswith("udp://"), 15, "UDP primary")
+    print(f"UDP primary {time.monotonic() - cut:.2f}s after the cut")
+    bodies = [m["body"] for m in _inbox(proxied, 1)]
+    assert bodies == [f"before {i}" for i in range(50)] + [f"after {i}" for i in range(50)]
+    assert any("change=failover" in x for x in proxied[0].log_lines("state"))
+    proxied.set_faults("tcp", blackhole=False)
+    proxied.wait_for(lambda: _active(proxied, 0).startswith("tcp://"), 30, "TCP primary again")
+    assert proxied.cli(0, "send", "--wait", "back on tcp").returncode == 0
+    assert _inbox(proxied, 1)[-1]["body"] == "back on tcp"
+
+
+def test_redundant_mode_does_not_stall(tmp_path: Path) -> None:
+    p = ProxiedPair(tmp_path, settings={"redundant": True})
+    p.start_all()
+    try:
+        p.wait_up()
+        p.set_faults("tcp", blackhole=True)
+        out = p.cli(0, "send", "--wait", "--json", "--timeout", "30", "no stall")
+        assert out.returncode == 0, out.stderr
+        status = p.status(0)
+        assert status is not None
+        # Acknowledged while TCP was not even declared down yet: nothing waited for it.
+        assert status["paths"][0]["state"] == "up"
+        print(f"redundant ack_ms={json.loads(out.stdout)['ack_ms']}")
+    finally:
+        p.close()
+
+
+def test_wrong_pinned_key_is_refused_with_a_logged_reason(tmp_path: Path) -> None:
+    p = LoopbackPair(tmp_path)
+    wrong = Identity.generate().public.openssh_line("impostor")
+    config = p[1].config.read_text().splitlines()
+    p[1].config.write_text("\n".join(
+        f'key = "{wrong}"' if line.startswith("key = \"ssh-") else line for line in config
+    ) + "\n")
+    p.start_all()
+    try:
+        p.wait_for(lambda: bool(p[0].log_lines("auth") + p[1].log_lines("auth")),
+                   20, "an auth log line")
+        assert p.status(0)["state"] == "down"  # type: ignore[index]
+        assert p.status(1)["state"] == "down"  # type: ignore[index]
+        assert p.cli(0, "send", "--wait", "--timeout", "1", "x").returncode == 75
+    finally:
+        p.stop_all()
+    line = (p[0].log_lines("auth") + p[1].log_lines("auth"))[0]
+    assert "reason=" in line
+
+
+def test_stranger_with_unpinned_key_gets_nothing(tmp_path: Path) -> None:
+    """A third party that knows moscow's key but is not pinned there is refused."""
+    p = LoopbackPair(tmp_path)
+    stranger_key = tmp_path / "keys" / "stranger"
+    save_identity(stranger_key, Identity.generate(), "stranger")
+    text = p[0].config.read_text().replace('key = "keys/washington"', 'key = "keys/stranger"')
+    text = text.replace('state_dir = "state/washington"', 'state_dir = "state/stranger"')
+    p[0].config.write_text(text)
+    (tmp_path / "state" / "stranger").mkdir()
+    p.start_all()
+    try:
+        p.cli(0, "send", "secret from a stranger")
+        p.wait_for(lambda: bool(p[0].log_lines("auth") + p[1].log_lines("auth")),
+                   20, "an auth log line")
+        time.sleep(1.0)
+        assert _inbox(p, 1) == []
+        assert p.status(1)["state"] == "down"  # type: ignore[index]
+    finally:
+        p.stop_all()
