@@ -29,6 +29,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def no_dac_override() -> list[str]:
+    """A command prefix that runs a subprocess *without* the right to bypass file modes.
+
+    As a normal user that is nothing; as root (CI) it is ``setpriv`` dropping
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so permission checks apply to root too.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        if os.environ.get("CI"):
+            pytest.fail("setpriv missing in CI: .ci/run should have installed util-linux")
+        pytest.skip("running as root without setpriv (util-linux) to drop DAC override")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, "--bounding-set", caps, "--inh-caps", caps]
+
+
+@pytest.fixture
 def ssh_keygen() -> str:
     """Path of the stock OpenSSH ``ssh-keygen``; skips the test where it is missing."""
     path = shutil.which("ssh-keygen")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,6 @@ from hypothesis import strategies as st
 
 from hotline.control_client import ControlClient, connect
 from hotline.errors import (
-    AccessDeniedError,
     DaemonUnreachableError,
     DecodeError,
     LimitError,
@@ -314,17 +314,22 @@ def test_connect_ok(tmp_path: Path) -> None:
                 assert client.request(StatusRequest())["status"] == {"peer": "x"}
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may connect to any socket")
-def test_connect_permission_denied(tmp_path: Path) -> None:
+def test_connect_permission_denied(tmp_path: Path, no_dac_override: list[str]) -> None:
     path = tmp_path / "locked.sock"
+    code = (
+        "import sys\n"
+        "from hotline.control_client import connect\n"
+        "from hotline.errors import AccessDeniedError\n"
+        "try:\n"
+        f"    connect({str(path)!r})\n"
+        "except AccessDeniedError as err:\n"
+        "    print(err); sys.exit(err.exit_code)\n"
+    )
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(str(path))
         s.listen()
-        path.chmod(0o600)
-        os.chmod(tmp_path, 0o000)
-        try:
-            with pytest.raises(AccessDeniedError) as info:
-                connect(path)
-            assert info.value.exit_code == 77
-        finally:
-            os.chmod(tmp_path, 0o700)
+        path.chmod(0o000)
+        proc = subprocess.run([*no_dac_override, sys.executable, "-c", code],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 77, proc.stdout + proc.stderr
+    assert "not allowed to connect" in proc.stdout

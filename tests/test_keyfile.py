@@ -6,6 +6,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,13 +114,15 @@ def test_missing_directory_and_garbage(tmp_path: Path) -> None:
         load_identity(junk)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read a mode-000 file")
-def test_unreadable_file(tmp_path: Path, ident: Identity) -> None:
+def test_unreadable_file(tmp_path: Path, ident: Identity, no_dac_override: list[str]) -> None:
     key = tmp_path / "k"
     save_identity(key, ident, "a")
     key.chmod(0o000)
-    with pytest.raises(KeyFileError, match="cannot read"):
-        load_identity(key)
+    proc = subprocess.run([*no_dac_override, sys.executable, "-m", "hotline", "pubkey", str(key)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == KeyFileError.exit_code
+    assert "cannot read" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_ssh_keygen_key_loads(tmp_path: Path, ssh_keygen: str) -> None:
