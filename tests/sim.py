@@ -62,7 +62,8 @@ from hotline.proto.frames import (
     encode_frame,
 )
 from hotline.proto.identity import Identity, PublicKey
-from hotline.proto.reliable import Accepted, IncomingStream, NewEpoch, OutgoingStream
+from hotline.proto.incoming import Accepted, IncomingStream, NewEpoch
+from hotline.proto.outgoing import OutgoingStream
 from hotline.store import Batch, InRecord, OutRecord, ReceiptRecord, Store
 
 MAX_MESSAGE = 65536

@@ -43,7 +43,7 @@ from hotline.proto.events import (
     ResetPath,
 )
 from hotline.proto.link import Link
-from hotline.proto.reliable import NewEpoch
+from hotline.proto.incoming import NewEpoch
 from hotline.proto.sequencer import Sequencer
 from hotline.store import Batch, InRecord, OutRecord, ReceiptRecord
 from hotline.transport.events import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hotline.proto.reliable import Accepted, NewEpoch
+from hotline.proto.incoming import Accepted, NewEpoch
 
 
 @dataclass(frozen=True)

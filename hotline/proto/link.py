@@ -60,6 +60,8 @@ from hotline.proto.frames import (
 from hotline.proto.framing import TAG_BUNDLE, Reassembler, pack_frames, unbundle_untrusted
 from hotline.proto.heartbeat import PathHealth, make_pong
 from hotline.proto.identity import Identity, PublicKey
+from hotline.proto.incoming import IncomingStream
+from hotline.proto.outgoing import OutgoingStream
 from hotline.proto.packet import (
     PACKET_INITIATION,
     PACKET_RESPONSE,
@@ -68,7 +70,6 @@ from hotline.proto.packet import (
     UDP_MAX_DATAGRAM,
     packet_type_untrusted,
 )
-from hotline.proto.reliable import IncomingStream, OutgoingStream
 from hotline.proto.sessions import SessionManager
 
 _AEAD_TAG = 16

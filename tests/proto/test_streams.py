@@ -17,14 +17,8 @@ from hotline.errors import (
 from hotline.proto.envelope import ZERO_HASH, chain_hash, encode_envelope, sign_envelope
 from hotline.proto.frames import Ack, Data, Hello
 from hotline.proto.identity import Identity
-from hotline.proto.reliable import (
-    INITIAL_RTO,
-    MAX_RTO,
-    MIN_RTO,
-    IncomingStream,
-    NewEpoch,
-    OutgoingStream,
-)
+from hotline.proto.incoming import IncomingStream, NewEpoch
+from hotline.proto.outgoing import INITIAL_RTO, MAX_RTO, MIN_RTO, OutgoingStream
 
 ALICE = Identity.from_seed(b"\x01" * 32)
 BOB = Identity.from_seed(b"\x02" * 32)
