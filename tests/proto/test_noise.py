@@ -16,7 +16,7 @@ from hotline.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from hotline.proto import noise
+from hotline.proto import noise, noise_patterns
 from hotline.proto.noise import MAX_NONCE, CipherState, HandshakeState, x25519_public
 
 KK = "Noise_KK_25519_ChaChaPoly_BLAKE2s"
@@ -30,7 +30,7 @@ def _kk() -> tuple[HandshakeState, HandshakeState]:
 
 
 def test_pattern_table_alternates_from_the_initiator() -> None:
-    for name, text in noise._PATTERNS.items():
+    for name, text in noise_patterns._PATTERNS.items():
         parts = [p.strip() for p in text.split(";")]
         messages = parts[parts.index("...") + 1:] if "..." in parts else parts
         for i, message in enumerate(messages):
@@ -157,7 +157,7 @@ def test_rekey_follows_spec() -> None:
 @given(name=st.sampled_from(["KK", "IK", "XX", "NKpsk2", "I1X1"]), data=st.binary(max_size=200))
 def test_fuzz_first_message(name: str, data: bytes) -> None:
     protocol = f"Noise_{name}_25519_ChaChaPoly_BLAKE2s"
-    pattern = noise.parse_protocol_name(protocol)[0]
+    pattern = noise_patterns.parse_protocol_name(protocol)[0]
     kwargs: dict[str, object] = {}
     if "s" in pattern.responder_pre or any("s" in m for m in pattern.messages[1::2]):
         kwargs["s"] = S_R
