@@ -164,3 +164,24 @@ def test_stranger_with_unpinned_key_gets_nothing(tmp_path: Path) -> None:
         assert p.status(1)["state"] == "down"  # type: ignore[index]
     finally:
         p.stop_all()
+
+
+def test_ipv6_loopback(tmp_path: Path) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    p = LoopbackPair(tmp_path, host="::1")
+    p.start_all()
+    try:
+        p.wait_up()
+        status = p.status(0)
+        assert status is not None
+        assert status["active"].startswith("tcp://[::1]:")
+        assert p.cli(0, "send", "--wait", "over IPv6").returncode == 0
+        assert [m["body"] for m in _inbox(p, 1)] == ["over IPv6"]
+    finally:
+        p.stop_all()
