@@ -185,3 +185,20 @@ def test_ipv6_loopback(tmp_path: Path) -> None:
         assert [m["body"] for m in _inbox(p, 1)] == ["over IPv6"]
     finally:
         p.stop_all()
+
+
+def test_rekey_under_traffic(tmp_path: Path) -> None:
+    """Sessions are replaced every rekey_after seconds without losing a message."""
+    p = LoopbackPair(tmp_path, settings={"rekey_after": 1.0})
+    p.start_all()
+    try:
+        p.wait_up()
+        for i in range(6):
+            out = p.cli(0, "send", "--wait", "--timeout", "20", f"across rekeys {i}")
+            assert out.returncode == 0, out.stderr
+            time.sleep(0.5)
+        handshakes = p[0].log_lines("handshake") + p[1].log_lines("handshake")
+        assert len(handshakes) >= 3
+        assert [m["body"] for m in _inbox(p, 1)] == [f"across rekeys {i}" for i in range(6)]
+    finally:
+        p.stop_all()
