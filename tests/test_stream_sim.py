@@ -17,12 +17,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from tests.sim import Faults, Scenario, Sim
 
 SCENARIOS = 500
+SOAK_SCENARIOS = 10 * SCENARIOS
 _SHM = Path("/dev/shm")
 TMP_BASE = str(_SHM) if _SHM.is_dir() else None  # tmpfs: fsync costs nothing
 
@@ -92,3 +94,17 @@ def test_clean_network_delivers_everything() -> None:
     for end in sim.ends.values():
         assert end.dropped == 0
         assert end.out.backlog == 0
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=SOAK_SCENARIOS, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(scenarios())
+def test_soak_stream_survives_faults_and_crashes(scenario: Scenario) -> None:
+    """The same property over ten times as many scenarios (``--run-slow``)."""
+    note(f"replay: {scenario!r}")
+    sim = run_scenario(scenario)
+    assert sim.crashes["a"] >= 1
+    assert sim.crashes["b"] >= 1

@@ -19,15 +19,17 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from hotline.loopback import LoopbackPair
 
 TOTAL = 2000
 KILLS = 6
 
 
-def _killer(pair: LoopbackPair, stop: threading.Event, log: list[str]) -> None:
+def _killer(pair: LoopbackPair, stop: threading.Event, log: list[str], kills: int) -> None:
     rng = random.Random(7)
-    for n in range(KILLS):
+    for n in range(kills):
         if stop.wait(rng.uniform(0.4, 1.2)):
             return
         victim = n % 2  # alternate: sender's daemon, receiver's daemon
@@ -46,27 +48,37 @@ def _out_seq(pair: LoopbackPair) -> int:
 
 
 def test_sigkill_both_ends_mid_stream_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    _soak(tmp_path, TOTAL, KILLS)
+
+
+@pytest.mark.slow
+def test_soak_sigkill_many_times(tmp_path: Path) -> None:
+    """Ten times the messages and five times the kills (``--run-slow``)."""
+    _soak(tmp_path, 10 * TOTAL, 5 * KILLS)
+
+
+def _soak(tmp_path: Path, total: int, kills: int) -> None:
     pair = LoopbackPair(tmp_path)
     pair.start_all()
-    lines = [f"line {i:04d}" for i in range(1, TOTAL + 1)]
+    lines = [f"line {i:05d}" for i in range(1, total + 1)]
     stop = threading.Event()
-    kills: list[str] = []
-    killer = threading.Thread(target=_killer, args=(pair, stop, kills), daemon=True)
+    killed: list[str] = []
+    killer = threading.Thread(target=_killer, args=(pair, stop, killed, kills), daemon=True)
     try:
         pair.wait_up()
         killer.start()
         next_line, attempts = 0, 0
-        while next_line < TOTAL:
+        while next_line < total:
             attempts += 1
-            assert attempts < 200, "send never finished"
+            assert attempts < 50 + 10 * kills, "send never finished"
             chunk = "".join(x + "\n" for x in lines[next_line:]).encode()
             cmd = [sys.executable, "-m", "hotline", "send", "-c", str(pair[0].config),
                    "--lines", "--wait", "--timeout", "60"]
             result = subprocess.run(cmd, input=chunk, capture_output=True, timeout=120)
             printed = [int(s) for s in result.stdout.split()]
             if result.returncode == 0:
-                assert printed[-1] == TOTAL
-                next_line = TOTAL
+                assert printed[-1] == total
+                next_line = total
                 break
             assert result.returncode in (3, 75), result.stderr
             # Documented recovery: every stored line is below out_seq (seq == line no.).
@@ -82,7 +94,7 @@ def test_sigkill_both_ends_mid_stream_loses_and_repeats_nothing(tmp_path: Path) 
         assert wait.returncode == 0, wait.stderr
         inbox = pair.cli(1, "inbox", "--json")
         bodies = [json.loads(x)["body"] for x in inbox.stdout.decode().splitlines()]
-        print(f"{len(kills)} kills: {kills}; {attempts} send invocations")
+        print(f"{len(killed)} kills: {killed}; {attempts} send invocations")
         assert bodies == [*lines, "final"]
         for i in (0, 1):
             verify = pair.cli(i, "verify")
