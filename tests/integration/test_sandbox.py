@@ -42,7 +42,7 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -288,3 +288,270 @@ def test_unprivileged_read_only_system(tmp_path: Path, mdwe: bool) -> None:
     finally:
         p.stop_all()
 
+
+
+# --- the real unit, under a real systemd -------------------------------------------------
+#
+# systemd (the host's /lib/systemd/systemd) boots as PID 1 of a new PID, mount, UTS,
+# IPC, network and cgroup namespace, on an overlay of / whose writable layer is a tmpfs:
+# whatever README's steps install (/etc/systemd/system, the hotline user, /etc/hotline)
+# lands in that tmpfs and vanishes with it. /sys and /proc/sys are read-only (so the
+# boot leaves udev, sysctl and binfmt alone, as in any container), the boot target is
+# basic.target only, CAP_SYS_MODULE/SYS_TIME/SYS_BOOT are out of its bounding set, and
+# its cgroups live under a child cgroup of ours that is removed afterwards. Boot takes
+# under a second; the whole test a few seconds.
+#
+# The unit's ExecStart=/usr/local/bin/hotline is a launcher (the stand-in for `pip
+# install .`, which would need the network) running the system python on this checkout
+# and the test interpreter's site-packages, both bind-mounted read-only under
+# /opt/hotline: the interpreter here lives under /root, which ProtectHome= hides.
+
+README = REPO / "README.md"
+SYSTEMD_BIN = Path("/lib/systemd/systemd")
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# README lines the test does not run as written, and why.
+README_SKIP = {
+    "pip install .": "replaced by the /usr/local/bin/hotline launcher (no network here)",
+    "journalctl -u hotline@moscow -f": "follows forever",
+}
+
+BOOT_SH = r"""
+set -eu
+W=$1 src=$2 site=$3 py=$4
+mount -t tmpfs -o mode=0755 hotline-boot "$W"
+mkdir "$W/upper" "$W/work" "$W/root"
+R=$W/root
+mount -t overlay overlay -o "lowerdir=/,upperdir=$W/upper,workdir=$W/work" "$R"
+mount -t proc proc "$R/proc"
+mount --bind "$R/proc/sys" "$R/proc/sys"
+mount -o remount,bind,ro "$R/proc/sys"
+mount --rbind /sys "$R/sys"
+umount -R "$R/sys/fs/cgroup"
+mount -t cgroup2 cgroup2 "$R/sys/fs/cgroup"
+mount -o remount,bind,ro "$R/sys"
+mount --rbind /dev "$R/dev"
+mount -t tmpfs -o mode=0755 tmpfs "$R/run"
+mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+mkdir -p "$R/opt/hotline/src" "$R/opt/hotline/site" "$R/usr/local/bin"
+mount --bind "$src" "$R/opt/hotline/src"
+mount -o remount,bind,ro "$R/opt/hotline/src"
+mount --bind "$site" "$R/opt/hotline/site"
+mount -o remount,bind,ro "$R/opt/hotline/site"
+printf '#!%s -I\n%s' "$py" "$5" > "$R/usr/local/bin/hotline"
+chmod 0755 "$R/usr/local/bin/hotline"
+printf '[Unit]\nDescription=hotline test boot\nRequires=basic.target\nAfter=basic.target\n' \
+    > "$R/etc/systemd/system/hotline-boot.target"
+echo hotline-test > "$R/etc/hostname"
+cd "$R"
+mkdir -p .oldroot
+pivot_root . .oldroot
+umount -l /.oldroot
+rmdir /.oldroot || true
+# systemd leaves propagation to the container manager; credentials need it shared.
+mount --make-rshared /
+exec setpriv --bounding-set=-sys_module,-sys_time,-sys_boot,-wake_alarm \
+    env -i container=hotline-test /lib/systemd/systemd --system \
+    --unit=hotline-boot.target --show-status=no
+"""
+
+
+def _cgroup2_dir() -> Path | None:
+    """Our cgroup in the cgroup2 hierarchy, if one is mounted and writable."""
+    mount = None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        pre, _, post = line.partition(" - ")
+        if post.split()[0] == "cgroup2":
+            mount = Path(pre.split()[4])
+            break
+    ours = next((ln[3:] for ln in Path("/proc/self/cgroup").read_text().splitlines()
+                 if ln.startswith("0::")), None)
+    if mount is None or ours is None:
+        return None
+    path = mount / ours.lstrip("/")
+    return path if os.access(path, os.W_OK) else None
+
+
+class BootedSystemd:
+    """systemd as PID 1 of its own namespaces (see the comment above); ``sh`` runs in it."""
+
+    def __init__(self, workdir: Path, cgroup_parent: Path) -> None:
+        self.cgroup = cgroup_parent / f"hotline-test-{os.getpid()}-{id(self)}"
+        self.cgroup.mkdir()
+        self.log = workdir / "boot.log"
+        mnt = workdir / "mnt"
+        mnt.mkdir()
+        launcher = LAUNCH.replace("HOTLINE_TEST_MDWE", "HOTLINE_TEST_MDWE_UNUSED")
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.cgroup),
+                 "unshare", "--pid", "--fork", "--mount", "--propagation", "private",
+                 "--uts", "--ipc", "--net", "--cgroup",
+                 "sh", "-c", BOOT_SH, "sh", str(mnt), str(REPO), str(SITE), str(SYS_PYTHON),
+                 launcher],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self._find_systemd()
+
+    def _find_systemd(self) -> int:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        for _ in range(300):
+            for kid in children.read_text().split() if children.exists() else []:
+                if Path(f"/proc/{kid}/comm").read_text().strip() == "systemd":
+                    pid = int(kid)
+                    if Path(f"/proc/{pid}/root/run/systemd/private").exists():
+                        return pid
+            if self.proc.poll() is not None:
+                break
+            subprocess.run(["sleep", "0.05"], check=False)
+        raise AssertionError(f"systemd did not boot: {self.log.read_text()[-2000:]}")
+
+    def sh(self, script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``script`` with sh as root inside, from the checkout (/opt/hotline/src)."""
+        return subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-a", "-r", "-w",
+             "env", "-i", f"PATH={CLEAN_PATH}", "LANG=C.UTF-8",
+             "sh", "-c", f"cd /opt/hotline/src && {script}"],
+            capture_output=True, text=True, timeout=timeout, check=False)
+
+    def ok(self, script: str, timeout: float = 60) -> str:
+        """``sh`` that must succeed; returns its stdout."""
+        out = self.sh(script, timeout)
+        assert out.returncode == 0, f"$ {script}\n{out.stdout}\n{out.stderr}"
+        return out.stdout
+
+    def close(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)  # PID 1 of the namespace: takes all with it
+        try:
+            self.proc.wait(timeout=20)
+        finally:
+            for d in sorted(self.cgroup.rglob("*"), key=lambda p: -len(p.parts)):
+                if d.is_dir():
+                    d.rmdir()
+            self.cgroup.rmdir()
+
+
+def readme_service_blocks() -> list[str]:
+    """The ```sh blocks of README's "## Install as a service" section, in order."""
+    import re
+
+    text = README.read_text()
+    start = text.index("## Install as a service\n")
+    end = text.find("\n## ", start + 1)
+    section = text[start:] if end == -1 else text[start:end]
+    return re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+
+
+def _for_end(block: str, end: str, pub_of: Callable[[str], str]) -> str:
+    """README's block (written for Washington) as the ``end`` machine runs it here.
+
+    Both ends share one network namespace: Washington listens on 7411, Moscow on 7412,
+    each dials the other on 127.0.0.1. ``pub_of(name)`` is the .pub line ``name`` sent.
+    """
+    import re
+
+    other = {"washington": "moscow", "moscow": "washington"}
+    kept = [ln for ln in block.splitlines()
+            if ln.split("#")[0].strip() not in README_SKIP]
+    text = "\n".join(kept) + "\n"
+    if end == "moscow":
+        text = re.sub(r"washington|moscow", lambda m: other[m.group(0)], text)
+    own, peer = ("7411", "7412") if end == "washington" else ("7412", "7411")
+    text = text.replace("0.0.0.0:7411", f"127.0.0.1:{own}")
+    text = text.replace("203.0.113.7:7411", f"127.0.0.1:{peer}")
+    return re.sub(r"ssh-ed25519 AAAAC3Nz… (\w+)", lambda m: pub_of(m.group(1)), text)
+
+
+def test_readme_service_section_matches_the_files() -> None:
+    """What README tells an operator to install is what systemd/ ships."""
+    blocks = "\n".join(readme_service_blocks())
+    for line in ("install -m 0644 systemd/hotline@.service /etc/systemd/system/",
+                 "systemd/hotline.sysusers /etc/sysusers.d/hotline.conf",
+                 "systemd/hotline.tmpfiles /etc/tmpfiles.d/hotline.conf",
+                 "systemd-tmpfiles --create hotline.conf",
+                 "systemctl enable --now hotline@moscow",
+                 "journalctl -u hotline@moscow HOTLINE_EVENT=heartbeat -o json"):
+        assert line in blocks, line
+    unit = (REPO / "systemd" / "hotline@.service").read_text()
+    assert "ExecStart=/usr/local/bin/hotline run -c /etc/hotline/%i.toml" in unit
+    assert "LoadCredential=identity:/etc/hotline/keys/%i" in unit
+    assert "StateDirectory=hotline/%i" in unit
+    assert "RuntimeDirectory=hotline/%i" in unit
+    assert "u hotline " in (REPO / "systemd" / "hotline.sysusers").read_text()
+    tmpfiles = (REPO / "systemd" / "hotline.tmpfiles").read_text()
+    assert "d /etc/hotline      0755 root root" in tmpfiles
+    assert "d /etc/hotline/keys 0700 root root" in tmpfiles
+    for skipped in README_SKIP:
+        assert skipped in blocks, f"README_SKIP names a line README no longer has: {skipped}"
+
+
+@pytest.mark.slow
+def test_readme_install_under_systemd(tmp_path: Path) -> None:
+    """Boot systemd, follow README's install section for both ends, and check the result.
+
+    The daemons then run under the whole unit: seccomp @system-service, PrivateUsers,
+    MemoryDenyWriteExecute, LoadCredential, ProtectSystem=strict, Type=notify…
+    """
+    _need_root()
+    for tool in ("unshare", "nsenter", "setpriv"):
+        _need(tool)
+    if not SYSTEMD_BIN.exists():
+        pytest.skip(f"{SYSTEMD_BIN} is missing (apt-get install systemd)")
+    if not SYS_PYTHON.exists():
+        pytest.skip(f"{SYS_PYTHON} is missing: no interpreter the unit may run")
+    cgroup = _cgroup2_dir()
+    if cgroup is None:
+        pytest.skip("no writable cgroup2 hierarchy to put the booted systemd in")
+    boot = BootedSystemd(tmp_path, cgroup)
+    try:
+        _follow_readme(boot)
+        _check_services(boot)
+    finally:
+        boot.close()
+
+
+def _follow_readme(boot: BootedSystemd) -> None:
+    boot.ok("systemctl is-system-running --wait || systemctl --failed --no-pager")
+    link_of = {"washington": "moscow", "moscow": "washington"}  # each names the other
+
+    def pub_of(name: str) -> str:
+        return boot.ok(f"cat /etc/hotline/keys/{link_of[name]}.pub").strip()
+
+    blocks = readme_service_blocks()
+    assert len(blocks) == 5, blocks
+    for block in blocks:
+        for end in ("washington", "moscow"):
+            boot.ok("set -e\n" + _for_end(block, end, pub_of))
+
+
+def _check_services(boot: BootedSystemd) -> None:
+    active = boot.ok("systemctl is-active hotline@moscow hotline@washington")
+    assert active.split() == ["active", "active"], active
+    boot.ok("for i in $(seq 100); do hotline status -i moscow --json | grep -q '\"state\": *"
+            "\"up\"' && exit 0; sleep 0.1; done; hotline status -i moscow; exit 1")
+    # Each end sent one message while the other might not have been up yet.
+    boot.ok("for i in $(seq 100); do hotline inbox -i washington | grep -q 'hello from "
+            "washington' && hotline inbox -i moscow | grep -q 'hello from moscow' && exit 0; "
+            "sleep 0.1; done; exit 1")
+    status_text = boot.ok("systemctl show -p StatusText --value hotline@moscow")
+    assert "link up to moscow" in status_text, status_text
+    journal = boot.ok("journalctl -u hotline@moscow HOTLINE_EVENT=heartbeat -o json")
+    assert '"HOTLINE_PEER":"moscow"' in journal.replace(" ", ""), journal[-2000:]
+    pid = boot.ok("systemctl show -p MainPID --value hotline@moscow").strip()
+    status = dict(line.split(":", 1) for line in boot.ok(f"cat /proc/{pid}/status").splitlines()
+                  if ":" in line)
+    uid = boot.ok("id -u hotline").strip()
+    assert status["Uid"].split()[0] == uid, status["Uid"]
+    assert int(status["CapEff"], 16) == 0, status
+    assert int(status["CapBnd"], 16) == 0, status
+    assert status["NoNewPrivs"].strip() == "1", status["NoNewPrivs"]
+    assert status["Seccomp"].strip() == "2", status["Seccomp"]  # the syscall filter
+    modes = boot.ok("stat -c '%a %U %n' /run/hotline/moscow/hotline.sock "
+                    "/var/lib/hotline/moscow/hotline.db /etc/hotline/keys/moscow")
+    assert modes.split("\n")[:3] == [
+        "660 hotline /run/hotline/moscow/hotline.sock",
+        "600 hotline /var/lib/hotline/moscow/hotline.db",
+        "600 root /etc/hotline/keys/moscow",
+    ], modes
+    boot.ok("systemctl stop hotline@moscow")
+    result = boot.ok("systemctl show -p Result -p ExecMainStatus hotline@moscow")
+    assert "Result=success" in result, result
+    assert "ExecMainStatus=0" in result, result
