@@ -24,8 +24,11 @@ MemoryDenyWriteExecute=yes    ``prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)``
 Not reproduced here: ``SystemCallFilter=@system-service`` (the set is compiled into
 systemd; there is no tool that applies it without systemd running the service),
 PrivateUsers=, PrivateDevices=, ProtectKernel*=, RestrictAddressFamilies= and
-LoadCredential=. Those need systemd itself: see the ``slow`` test at the end, which
-boots systemd in a PID+mount namespace and follows README's install section.
+LoadCredential=. Those need systemd itself: the ``slow`` tests at the end boot systemd
+in its own PID, mount, network and cgroup namespaces, follow README's install section
+for both ends (the daemons then run under the whole unit: Seccomp: 2, uid hotline, no
+capabilities) and check that WatchdogSec= restarts a wedged daemon but not one whose
+peer is gone.
 
 As an unprivileged user the daemon cannot read the interpreter where it lives under
 a 0700 home (as with pyenv under /root); so the sandboxed daemon runs on the system's
@@ -483,13 +486,7 @@ def test_readme_service_section_matches_the_files() -> None:
         assert skipped in blocks, f"README_SKIP names a line README no longer has: {skipped}"
 
 
-@pytest.mark.slow
-def test_readme_install_under_systemd(tmp_path: Path) -> None:
-    """Boot systemd, follow README's install section for both ends, and check the result.
-
-    The daemons then run under the whole unit: seccomp @system-service, PrivateUsers,
-    MemoryDenyWriteExecute, LoadCredential, ProtectSystem=strict, Type=notify…
-    """
+def _boot(tmp_path: Path) -> BootedSystemd:
     _need_root()
     for tool in ("unshare", "nsenter", "setpriv"):
         _need(tool)
@@ -500,12 +497,53 @@ def test_readme_install_under_systemd(tmp_path: Path) -> None:
     cgroup = _cgroup2_dir()
     if cgroup is None:
         pytest.skip("no writable cgroup2 hierarchy to put the booted systemd in")
-    boot = BootedSystemd(tmp_path, cgroup)
+    return BootedSystemd(tmp_path, cgroup)
+
+
+@pytest.fixture
+def installed(tmp_path: Path) -> Iterator[BootedSystemd]:
+    """A booted systemd on which both ends followed README's install section."""
+    boot = _boot(tmp_path)
     try:
         _follow_readme(boot)
-        _check_services(boot)
+        yield boot
     finally:
         boot.close()
+
+
+@pytest.mark.slow
+def test_readme_install_under_systemd(installed: BootedSystemd) -> None:
+    """Boot systemd, follow README's install section for both ends, and check the result.
+
+    The daemons then run under the whole unit: seccomp @system-service, PrivateUsers,
+    MemoryDenyWriteExecute, LoadCredential, ProtectSystem=strict, Type=notify…
+    """
+    _check_services(installed)
+
+
+@pytest.mark.slow
+def test_systemd_watchdog_restarts_a_wedged_daemon_not_a_lonely_one(
+        installed: BootedSystemd) -> None:
+    """With WatchdogSec=2: the peer stopping causes no restart; a wedged runner does."""
+    boot = installed
+    boot.ok("mkdir -p /etc/systemd/system/hotline@moscow.service.d && printf "
+            "'[Service]\\nWatchdogSec=2\\n' > /etc/systemd/system/hotline@moscow.service.d/"
+            "wd.conf && systemctl daemon-reload && systemctl restart hotline@moscow")
+    assert boot.ok("systemctl show -p WatchdogUSec --value hotline@moscow").strip() == "2s"
+    boot.ok("systemctl stop hotline@washington")
+    boot.ok("sleep 7")  # 3.5 watchdog periods with the peer gone
+    shown = boot.ok("systemctl show -p NRestarts -p ActiveState -p StatusText hotline@moscow")
+    assert "NRestarts=0" in shown, shown
+    assert "ActiveState=active" in shown, shown
+    assert "link down" in shown, shown
+
+    boot.ok("printf '[Service]\\nEnvironment=HOTLINE_FAULT_WEDGE_RUNNER_AFTER=1\\n' > "
+            "/etc/systemd/system/hotline@moscow.service.d/wedge.conf && systemctl "
+            "daemon-reload && systemctl restart hotline@moscow")
+    boot.ok("for i in $(seq 300); do systemctl show -p NRestarts --value hotline@moscow "
+            "| grep -qv '^0$' && exit 0; sleep 0.1; done; exit 1")
+    journal = boot.ok("journalctl -u hotline@moscow --no-pager")
+    assert "Watchdog timeout" in journal, journal[-3000:]
 
 
 def _follow_readme(boot: BootedSystemd) -> None:
