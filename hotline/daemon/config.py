@@ -177,6 +177,22 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     return _Loader(path, _read_toml(path), env).config()
 
 
+def _credential_present(path: Path) -> bool:
+    """True unless systemd certainly handed over no such credential.
+
+    A credential we cannot even stat (an unreadable credentials directory) still counts:
+    the key loader then names *it* in its error, instead of sending the operator to the
+    on-disk key file the service was never meant to read.
+    """
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
@@ -264,7 +280,7 @@ class _Loader:
 
     def key_path(self) -> Path:
         creds = self.env.get("CREDENTIALS_DIRECTORY")
-        if creds and os.path.isfile(os.path.join(creds, "identity")):
+        if creds and _credential_present(Path(creds) / "identity"):
             return Path(creds) / "identity"
         if "key" not in self.data:
             raise self.fail("missing key 'key' (our private key file)")

@@ -317,3 +317,24 @@ def test_client_finds_the_service_socket(site: Path, monkeypatch: pytest.MonkeyP
     (site / "state").mkdir()
     (site / "state" / "control.sock").touch()  # a daemon run by hand wins
     assert load_config(site / "link.toml", environ={}).control == site / "state/control.sock"
+
+
+def test_unreadable_credentials_dir_is_named_not_skipped(site: Path,
+                                                         no_dac_override: list[str]) -> None:
+    """A credential we cannot read is reported as such, not silently replaced by ``key``."""
+    creds = site / "creds"
+    creds.mkdir()
+    (creds / "identity").write_text("x")
+    creds.chmod(0)
+    code = (
+        "import os\n"
+        "from hotline.daemon.config import load_config\n"
+        f"print(load_config({str(site / 'link.toml')!r}, "
+        f"environ={{'CREDENTIALS_DIRECTORY': {str(creds)!r}}}).key_path)\n"
+    )
+    try:
+        proc = subprocess.run([*no_dac_override, sys.executable, "-c", code],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        creds.chmod(0o700)
+    assert proc.stdout.strip() == str(creds / "identity"), proc.stderr

@@ -24,7 +24,7 @@ MemoryDenyWriteExecute=yes    ``prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)``
 Not reproduced here: ``SystemCallFilter=@system-service`` (the set is compiled into
 systemd; there is no tool that applies it without systemd running the service),
 PrivateUsers=, PrivateDevices=, ProtectKernel*=, RestrictAddressFamilies= and
-LoadCredential=. Those need systemd itself: the ``slow`` tests at the end boot systemd
+LoadCredential=. Those need systemd itself: the two tests at the end boot systemd
 in its own PID, mount, network and cgroup namespaces, follow README's install section
 for both ends (the daemons then run under the whole unit: Seccomp: 2, uid hotline, no
 capabilities) and check that WatchdogSec= restarts a wedged daemon but not one whose
@@ -511,7 +511,6 @@ def installed(tmp_path: Path) -> Iterator[BootedSystemd]:
         boot.close()
 
 
-@pytest.mark.slow
 def test_readme_install_under_systemd(installed: BootedSystemd) -> None:
     """Boot systemd, follow README's install section for both ends, and check the result.
 
@@ -521,7 +520,6 @@ def test_readme_install_under_systemd(installed: BootedSystemd) -> None:
     _check_services(installed)
 
 
-@pytest.mark.slow
 def test_systemd_watchdog_restarts_a_wedged_daemon_not_a_lonely_one(
         installed: BootedSystemd) -> None:
     """With WatchdogSec=2: the peer stopping causes no restart; a wedged runner does."""
