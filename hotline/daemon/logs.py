@@ -42,13 +42,13 @@ import datetime
 import json
 import os
 import re
-import socket
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
+from hotline.daemon.unixdgram import UnixDatagramSender
 from hotline.errors import DecodeError
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -241,24 +241,15 @@ class JournalSocket:
 
     def __init__(self, path: str = JOURNAL_SOCKET) -> None:
         self.path = path
-        self._sock: socket.socket | None = None
+        self._sender = UnixDatagramSender(path)
 
     def send(self, fields: Mapping[str, str]) -> bool:
         """Send one entry; False if it could not be sent (caller falls back)."""
-        try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self._sock.setblocking(False)
-            self._sock.sendto(journal_datagram(fields), self.path)
-        except OSError:
-            return False
-        return True
+        return self._sender.send(journal_datagram(fields)) is None
 
     def close(self) -> None:
         """Close the socket."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._sender.close()
 
 
 def stream_is_journal(stream: TextIO, environ: Mapping[str, str]) -> bool:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Mapping
+
+from hotline.daemon.unixdgram import UnixDatagramSender
 
 log = logging.getLogger("hotline.notify")
 
@@ -46,7 +47,7 @@ class Notifier:
         """
         self._address = address
         self._watchdog_usec = watchdog_usec
-        self._sock: socket.socket | None = None
+        self._sender = UnixDatagramSender(address or "")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Notifier:
@@ -88,21 +89,15 @@ class Notifier:
         if self._address is None:
             return False
         message = "\n".join(f"{k}={_one_line(v)}" for k, v in fields.items()).encode()
-        try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self._sock.setblocking(False)
-            self._sock.sendto(message, self._address)
-        except OSError as err:
+        err = self._sender.send(message)
+        if err is not None:
             log.debug("sd_notify %s failed: %s", ",".join(fields), err)
             return False
         return True
 
     def close(self) -> None:
         """Close the socket (a later call reopens it)."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._sender.close()
 
 
 def _one_line(value: str) -> str:
