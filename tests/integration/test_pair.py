@@ -202,3 +202,32 @@ def test_rekey_under_traffic(tmp_path: Path) -> None:
         assert [m["body"] for m in _inbox(p, 1)] == [f"across rekeys {i}" for i in range(6)]
     finally:
         p.stop_all()
+
+
+def test_inbox_follow_and_the_events_stream(pair: LoopbackPair) -> None:
+    import subprocess
+    import sys
+
+    from hotline.control_client import connect
+    from hotline.proto.control import EventsRequest
+
+    pair.wait_up()
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "hotline", "inbox", "-c", str(pair[1].config), "--follow",
+         "--json"], stdout=subprocess.PIPE, text=True)
+    try:
+        with connect(pair[0].control, timeout=20) as events:
+            events.send(EventsRequest())
+            for i in range(3):
+                assert pair.cli(0, "send", f"followed {i}").returncode == 0
+            assert follow.stdout is not None
+            got = [json.loads(follow.stdout.readline())["body"] for _ in range(3)]
+            assert got == [f"followed {i}" for i in range(3)]
+            pair.kill(1)  # the peer goes away: washington logs the path going down
+            kinds: list[tuple[str, str]] = []
+            while ("state", "down") not in kinds:
+                event = events.read_reply()["event"]
+                kinds.append((event["event"], str(event.get("change"))))
+    finally:
+        follow.kill()
+        follow.communicate()
