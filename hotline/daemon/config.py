@@ -46,12 +46,13 @@ from hotline.proto.identity import PublicKey
 CONFIG_DIR = Path("/etc/hotline")
 RUNTIME_BASE = Path("/run/hotline")
 MAX_MESSAGE_LIMIT = 1 << 20
+MAX_BACKLOG_LIMIT = 10_000_000
 MAX_SESSION_AGE = 180.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _TOP_KEYS = {
     "key", "listen", "state_dir", "control", "heartbeat", "dead_after", "redundant",
-    "log_every", "rekey_after", "max_message", "receipt_every", "peer",
+    "log_every", "rekey_after", "max_message", "receipt_every", "max_backlog", "peer",
 }
 _PEER_KEYS = {"name", "key", "paths"}
 
@@ -82,6 +83,7 @@ class Config:
     rekey_after: float = 120.0
     max_message: int = 65536
     receipt_every: float = 1.0
+    max_backlog: int = 100_000
     peer_name: str
     peer_key: PublicKey
     peer_paths: tuple[PathSpec, ...]
@@ -238,6 +240,7 @@ class _Loader:
             log_every=self.seconds("log_every", 60.0),
             rekey_after=self.seconds("rekey_after", 120.0, below=MAX_SESSION_AGE),
             max_message=self.max_message(), receipt_every=self.seconds("receipt_every", 1.0),
+            max_backlog=self.integer("max_backlog", 100_000, 1, MAX_BACKLOG_LIMIT),
             peer_name=self.peer_name(peer), peer_key=self.peer_key(peer),
             peer_paths=self.peer_paths(peer),
         )
@@ -264,11 +267,13 @@ class _Loader:
         return value
 
     def max_message(self) -> int:
-        value = self.data.get("max_message", 65536)
-        if isinstance(value, bool) or not isinstance(value, int) or not (
-                1 <= value <= MAX_MESSAGE_LIMIT):
-            raise self.fail(f"'max_message' must be an integer in 1..{MAX_MESSAGE_LIMIT} "
-                            f"(bytes), not {value!r}")
+        return self.integer("max_message", 65536, 1, MAX_MESSAGE_LIMIT, "(bytes)")
+
+    def integer(self, key: str, default: int, low: int, high: int, unit: str = "") -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            unit = f" {unit}" if unit else ""
+            raise self.fail(f"'{key}' must be an integer in {low}..{high}{unit}, not {value!r}")
         return value
 
     def file_path(self, value: object, key: str) -> Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -42,8 +43,8 @@ from hotline.proto.events import (
     ReceiptReceived,
     ResetPath,
 )
-from hotline.proto.link import Link
 from hotline.proto.incoming import NewEpoch
+from hotline.proto.link import Link
 from hotline.proto.sequencer import Sequencer
 from hotline.store import Batch, InRecord, OutRecord, ReceiptRecord
 from hotline.transport.events import (
@@ -54,9 +55,10 @@ from hotline.transport.events import (
     TransportEvent,
 )
 
-# Messages a sender may have sealed but not yet acknowledged before `send` is refused:
-# flow control toward the client, so a dead peer cannot grow our memory without bound.
-MAX_BACKLOG = 100_000
+# Flow control toward clients: `send` is refused (exit 75) once this many bytes of
+# envelopes, or the config's `max_backlog` messages, await the peer's ack — the sender
+# keeps each in memory, so a dead peer cannot grow our memory without bound.
+MAX_BACKLOG_BYTES = 256 * 1024 * 1024
 AUTH_LOG_EVERY = 10.0
 
 
@@ -129,12 +131,18 @@ class Runner:
         log_every: float,
         acked_upto: int,
         in_seq: int,
+        unacked_sizes: Sequence[tuple[int, int]] = (),
+        max_backlog: int = 100_000,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.link = link
         self._sequencer = sequencer
         self._store = store
         self._wedged = False
+        self._max_backlog = max_backlog
+        # (seq, envelope bytes) of every unacknowledged message, for the byte bound.
+        self._unacked_sizes: deque[tuple[int, int]] = deque(unacked_sizes)
+        self._backlog_bytes = sum(size for _, size in unacked_sizes)
         self._auth_log: dict[str, tuple[float, int]] = {}
         self._transports = transports
         self._logger = logger
@@ -237,9 +245,11 @@ class Runner:
         error = None
         if not request.bodies:
             error = {"code": 2, "error": "nothing to send"}
-        elif backlog + len(request.bodies) > MAX_BACKLOG:
+        elif (backlog + len(request.bodies) > self._max_backlog
+              or self._backlog_bytes + sum(map(len, request.bodies)) > MAX_BACKLOG_BYTES):
             error = {"code": 75, "error": (
-                f"backlog of {backlog} unacknowledged messages is full; is the peer down?")}
+                f"backlog of {backlog} unacknowledged messages ({self._backlog_bytes} bytes) "
+                "is full; is the peer down?")}
         elif max(len(b) for b in request.bodies) > self._sequencer.max_message:
             error = {"code": 2, "error": (
                 f"message over max_message ({self._sequencer.max_message} bytes)")}
@@ -251,6 +261,8 @@ class Runner:
         for body in request.bodies:
             sealed = self._sequencer.seal(body, request.media_type, ts)
             self._batch.outgoing.append(OutRecord(sealed.seq, sealed.raw, sealed.sig))
+            self._unacked_sizes.append((sealed.seq, len(sealed.raw)))
+            self._backlog_bytes += len(sealed.raw)
             seqs.append(sealed.seq)
         self._batch_replies.append((request.reply, seqs))
 
@@ -360,6 +372,8 @@ class Runner:
             return
         self.acked_upto = upto
         self._batch.acked_upto = upto
+        while self._unacked_sizes and self._unacked_sizes[0][0] <= upto:
+            self._backlog_bytes -= self._unacked_sizes.popleft()[1]
         still: list[WaitRequest] = []
         for waiter in self._waiters:
             if waiter.upto <= upto:

@@ -35,7 +35,7 @@ from hotline.keyfile import load_identity
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.link import Link, LinkSettings, PathSpec, StreamState
 from hotline.proto.sequencer import Sequencer
-from hotline.store import Store
+from hotline.store import OutRecord, Store
 from hotline.transport.events import PathTransport, TransportEvent
 from hotline.transport.tcp import TcpListener, TcpPath
 from hotline.transport.udp import UdpEndpoint
@@ -89,14 +89,17 @@ async def run_daemon(config: Config, logger: Logger, notifier: Notifier) -> None
 async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Identity,
                peer: PublicKey, store: Store) -> None:
     now = trio.current_time()
+    unacked = store.unacked()
     link = Link(identity, peer, [PathSpec(p.url, p.scheme) for p in config.peer_paths],
-                link_settings(config), _stream_state(store), os.urandom, now, time.time_ns())
+                link_settings(config), _stream_state(store, unacked), os.urandom, now,
+                time.time_ns())
     last_seq, last_chain = store.out_head()
     sequencer = Sequencer(identity, peer, store.epoch, last_seq, last_chain, config.max_message)
     transports: dict[int, PathTransport] = {}
     runner = Runner(link, sequencer, cast(Any, None), transports, logger, notifier,
                     config.peer_name, config.log_every, store.acked_upto(),
-                    _in_seq(store))
+                    _in_seq(store), [(r.seq, len(r.raw)) for r in unacked],
+                    config.max_backlog)
     worker = StoreWorker(store, runner.submit)
     runner.attach_store(worker)
     events = cast("trio.MemorySendChannel[TransportEvent]", runner.submit)
@@ -147,12 +150,12 @@ def _make_transports(
     return tcp_paths, udp
 
 
-def _stream_state(store: Store) -> StreamState:
+def _stream_state(store: Store, unacked: list[OutRecord]) -> StreamState:
     peer = store.peer_stream()
     return StreamState(
         out_epoch=store.epoch,
         out_acked=store.acked_upto(),
-        out_unacked=[(r.seq, r.raw, r.sig) for r in store.unacked()],
+        out_unacked=[(r.seq, r.raw, r.sig) for r in unacked],
         in_state=None if peer is None else (peer.epoch, peer.delivered_upto, peer.chain),
     )
 

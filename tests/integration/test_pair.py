@@ -231,3 +231,23 @@ def test_inbox_follow_and_the_events_stream(pair: LoopbackPair) -> None:
     finally:
         follow.kill()
         follow.communicate()
+
+
+def test_backlog_limit_refuses_send_while_the_peer_is_away(tmp_path: Path) -> None:
+    """Flow control toward clients: memory cannot grow without bound while the peer is down."""
+    p = LoopbackPair(tmp_path, settings={"max_backlog": 3})
+    p.start(0)  # moscow never starts
+    try:
+        p.wait_for(lambda: p.status(0) is not None, 20, "washington's control socket")
+        out = p.cli(0, "send", "--lines", input=b"one\ntwo\nthree\n")
+        assert out.stdout.split() == [b"1", b"2", b"3"]
+        refused = p.cli(0, "send", "four")
+        assert refused.returncode == 75
+        assert b"backlog" in refused.stderr
+        assert p.status(0)["backlog"] == 3  # type: ignore[index]
+        p.start(1)
+        p.wait_up()
+        assert p.cli(0, "send", "--wait", "four").returncode == 0
+        assert [m["body"] for m in _inbox(p, 1)] == ["one", "two", "three", "four"]
+    finally:
+        p.stop_all()
