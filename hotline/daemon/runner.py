@@ -139,6 +139,7 @@ class Runner:
         self._sequencer = sequencer
         self._store = store
         self._wedged = False
+        self._shape: tuple[object, ...] = ()
         self._max_backlog = max_backlog
         # (seq, envelope bytes) of every unacknowledged message, for the byte bound.
         self._unacked_sizes: deque[tuple[int, int]] = deque(unacked_sizes)
@@ -306,7 +307,11 @@ class Runner:
             else:
                 state_changed = True
                 self._log_change(event)
-        if state_changed:
+        shape = (self.link.state, self.link.primary, tuple(p.up for p in self.link.paths))
+        if state_changed and shape != self._shape:
+            # A change of link state, active path or path states (DESIGN §5) — not every
+            # rekey handshake, which is logged on its own line.
+            self._shape = shape
             snapshot = self.snapshot(now)
             self._logger.heartbeat(snapshot)
             self._notifier.status(status_text(snapshot))
