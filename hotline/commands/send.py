@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 from hotline.commands._client import load, open_client, print_json
 from hotline.control_client import ControlClient
-from hotline.errors import NotAcknowledgedError, UsageError
+from hotline.errors import DaemonUnreachableError, NotAcknowledgedError, UsageError
 from hotline.proto.control import SendRequest, WaitRequest
 
 _WINDOW = 64
@@ -61,7 +61,14 @@ def _send_all(client: ControlClient, bodies: Iterator[bytes], media_type: str,
     sent: list[tuple[int, float]] = []
     in_flight: deque[float] = deque()
     for body in bodies:
-        client.send(SendRequest(type=media_type, bodies=(body,)))
+        try:
+            client.send(SendRequest(type=media_type, bodies=(body,)))
+        except DaemonUnreachableError:
+            # The daemon closes the connection after refusing a request: the replies
+            # already on their way say why (e.g. backlog full, exit 75), so read them.
+            while in_flight:
+                sent.append(_confirm(client, in_flight.popleft(), show))
+            raise
         in_flight.append(time.monotonic())
         if len(in_flight) >= _WINDOW:
             sent.append(_confirm(client, in_flight.popleft(), show))

@@ -10,8 +10,9 @@ The daemon never waits for the peer to be ready. Tasks, all in one nursery:
   the runner's loop has turned recently — a wedged runner gets restarted by systemd,
   while a dead peer never causes a restart); the signal watcher.
 
-SIGTERM/SIGINT: STOPPING=1, stop serving the control socket, let the store worker
-commit what is pending (so nothing a client was told is stored can be missing), close.
+SIGTERM/SIGINT: STOPPING=1; the control socket refuses new requests (exit 3, nothing
+stored) while every send already accepted is committed and answered; then close. So a
+client is never left without the answer to a message that was stored.
 """
 
 from __future__ import annotations
@@ -128,9 +129,12 @@ async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Ide
         signum = await _wait_for_signal()
         notifier.stopping()
         logger.event("daemon", NOTICE, action="stopping", signal=signal.Signals(signum).name)
-        control_scope.cancel()
         with trio.move_on_after(_SHUTDOWN_GRACE):
+            # New requests are refused; every accepted send commits and is answered.
+            control.closing = True
             await runner.drain()
+            await control.quiesce()
+        control_scope.cancel()
         nursery.cancel_scope.cancel()
 
 

@@ -45,6 +45,7 @@ from typing import Any
 import msgpack
 
 from hotline.errors import DecodeError, LimitError, LocalProtocolError
+from hotline.proto.envelope import is_media_type
 
 MAX_FRAME = (1 << 20) + 4096  # one max_message (≤ 1 MiB) body plus the map around it
 MAX_ITEMS = 4096  # max array/map length anywhere in a frame
@@ -218,8 +219,9 @@ def _timeout(value: object) -> float | None:
 def _media_type(value: object) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_TYPE_LEN:
         raise DecodeError(f"control field 'type' must be a string of 1..{MAX_TYPE_LEN}")
-    if not value.isprintable():
-        raise DecodeError("control field 'type' must be printable")
+    if not is_media_type(value):
+        raise DecodeError(f"type {value!r} is not a media type such as text/plain "
+                          "(type/subtype, at most 64 ASCII characters)")
     return value
 
 

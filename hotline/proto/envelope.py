@@ -105,6 +105,11 @@ class Receipt:
 # --- hashing and encoding -------------------------------------------------------------
 
 
+def is_media_type(value: object) -> bool:
+    """True for what the envelope's ``type`` accepts: ``type/subtype[; k=v]``, <= 64 ASCII."""
+    return type(value) is str and len(value) <= MAX_TYPE_LEN and bool(_MEDIA_TYPE.fullmatch(value))
+
+
 def chain_hash(raw: bytes) -> bytes:
     """SHA-256 of an envelope's exact bytes: the next envelope's ``prev``."""
     return hashlib.sha256(raw).digest()
@@ -221,7 +226,7 @@ def _check_envelope_fields(fields: tuple[Any, ...], max_message: int | None) -> 
     _check_int(seq, "seq", 1, MAX_SEQ)
     _check_int(ts, "ts", 0, MAX_TS)
     _check_bin(prev, "prev", HASH_LEN)
-    if type(type_) is not str or len(type_) > MAX_TYPE_LEN or not _MEDIA_TYPE.fullmatch(type_):
+    if not is_media_type(type_):
         raise DecodeError("type must be a media type such as text/plain (<= 64 chars)")
     if type(body) is not bytes:
         raise DecodeError("body must be bytes")

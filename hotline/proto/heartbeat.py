@@ -102,9 +102,14 @@ class PathHealth:
             return self._go_down()
         return False
 
-    def get_timer(self) -> float | None:
-        """The earliest instant this path needs ``ping_due``/``check_dead`` called."""
-        deadlines = [self.next_ping_at] if self.next_ping_at is not None else []
+    def get_timer(self, pinging: bool) -> float | None:
+        """The earliest instant this path needs ``ping_due``/``check_dead`` called.
+
+        Args:
+            pinging: whether PINGs can go out now (a session to send with); without one
+                only the dead-path deadline counts, so a missed ping never busy-loops.
+        """
+        deadlines = [self.next_ping_at] if pinging and self.next_ping_at is not None else []
         if self.up and self.last_heard is not None:
             deadlines.append(self.last_heard + self.dead_after)
         return min(deadlines, default=None)

@@ -131,7 +131,7 @@ class Link:
     ) -> None:
         self._our = our
         self._their = their
-        self._settings = settings
+        self.settings = settings
         self.specs = tuple(paths)
         self.paths = [
             PathHealth(i, p.url, settings.heartbeat, settings.dead_after)
@@ -236,14 +236,17 @@ class Link:
         return events
 
     def get_timer(self) -> float | None:
-        """The next instant ``handle_timer`` must be called (None: nothing scheduled)."""
-        deadlines = [p.get_timer() for p in self.paths]
-        deadlines.append(self.sessions.get_timer())
+        """The next instant ``handle_timer`` must be called (None: nothing scheduled).
+
+        Every deadline returned is one that ``handle_timer``/``packets_to_send`` act on
+        and move forward, so a link whose peer is gone sleeps instead of spinning.
+        """
+        sending = self.sessions.can_send()
+        deadlines = [p.get_timer(sending) for p in self.paths]
+        deadlines.append(self.sessions.get_timer(any(p.connected for p in self.paths)))
         deadlines.append(self.outgoing.get_timer())
-        deadlines.append(self._hello_due_at)
-        if not self.sessions.can_send() and any(p.connected for p in self.paths):
-            pending = self.sessions.pending
-            deadlines.append(pending[2] + 5.0 if pending is not None else 0.0)
+        if sending and self._data_paths():
+            deadlines.append(self._hello_due_at)
         return min((d for d in deadlines if d is not None), default=None)
 
     def wall_ns(self, now: float) -> int:
@@ -284,7 +287,7 @@ class Link:
             whole = self._reassembler.add_untrusted(plaintext, now)
             frames = [] if whole is None else [whole]
         for frame_bytes in frames:
-            frame = decode_frame_untrusted(frame_bytes, self._settings.max_message)
+            frame = decode_frame_untrusted(frame_bytes, self.settings.max_message)
             self._on_frame(path_id, frame, now)
 
     def _heard(self, path_id: int, now: float) -> None:
@@ -301,7 +304,7 @@ class Link:
         if initiator:
             self._send_frame(Keepalive(), [path_id])
         self._send_frame(self._hello(), self._data_paths(fallback=path_id))
-        self._hello_due_at = now + self._settings.heartbeat
+        self._hello_due_at = now + self.settings.heartbeat
         self.outgoing.on_path_change(now)
 
     def _on_frame(self, path_id: int, frame: Frame, now: float) -> None:
@@ -356,12 +359,12 @@ class Link:
         if not targets:
             return
         if self._hello_due_at is not None and now >= self._hello_due_at:
-            self._hello_due_at = now + self._settings.heartbeat
+            self._hello_due_at = now + self.settings.heartbeat
             self._send_frame(self._hello(), targets)
         ack = self.incoming.ack_due(now)
         if ack is not None:
             self._send_frame(ack, targets)
-        receipt = self.incoming.receipt_due(now, self._settings.receipt_every)
+        receipt = self.incoming.receipt_due(now, self.settings.receipt_every)
         if receipt is not None:
             self._send_frame(self._receipt(*receipt), targets)
         for data in self.outgoing.frames_to_send(now, _MAX_DATA_PER_PUMP):
@@ -388,7 +391,7 @@ class Link:
         self._frames.clear()
 
     def _data_paths(self, fallback: int | None = None) -> list[int]:
-        if self._settings.redundant:
+        if self.settings.redundant:
             ups = [p.path_id for p in self.paths if p.up]
             if ups:
                 return ups

@@ -103,18 +103,25 @@ class SessionManager:
             return self.unconfirmed is None or self._expired(self.unconfirmed, now, REKEY_TIMEOUT)
         return now >= self._rekey_deadline(self.current)
 
-    def get_timer(self) -> float | None:
-        """The next instant ``expire``/``wants_initiation`` may change their answer."""
-        deadlines: list[float] = []
-        if self.pending is not None:
-            deadlines.append(self.pending[2] + REKEY_TIMEOUT)
-        if self.current is not None:
-            deadlines.append(self._rekey_deadline(self.current))
-            deadlines.append(self.current.session.created_at + REJECT_AFTER)
-        if self.previous is not None:
-            deadlines.append(self.previous.session.created_at + REJECT_AFTER)
-        if self.unconfirmed is not None:
-            deadlines.append(self.unconfirmed.session.created_at + REKEY_TIMEOUT)
+    def get_timer(self, can_initiate: bool) -> float | None:
+        """The next instant ``expire``/``wants_initiation`` may change their answer.
+
+        Args:
+            can_initiate: whether a path could carry an initiation now. Without one, a
+                due rekey or retry cannot happen, so only expiry deadlines count.
+        """
+        deadlines = [
+            active.session.created_at + REJECT_AFTER
+            for active in (self.current, self.previous, self.unconfirmed)
+            if active is not None
+        ]
+        if can_initiate:
+            if self.pending is not None:
+                deadlines.append(self.pending[2] + REKEY_TIMEOUT)
+            elif self.current is not None:
+                deadlines.append(self._rekey_deadline(self.current))
+            elif self.unconfirmed is not None:
+                deadlines.append(self.unconfirmed.session.created_at + REKEY_TIMEOUT)
         return min(deadlines, default=None)
 
     # --- handshake ----------------------------------------------------------------

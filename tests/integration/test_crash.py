@@ -102,3 +102,31 @@ def _soak(tmp_path: Path, total: int, kills: int) -> None:
     finally:
         stop.set()
         pair.stop_all()
+
+
+def test_sigterm_answers_every_stored_send(tmp_path: Path) -> None:
+    """Graceful shutdown: each stored message was reported to its client, no more, no less."""
+    pair = LoopbackPair(tmp_path)
+    pair.start_all()
+    try:
+        pair.wait_up()
+        lines = "".join(f"graceful {i}\n" for i in range(20000)).encode()
+        cmd = [sys.executable, "-m", "hotline", "send", "-c", str(pair[0].config), "--lines"]
+        client = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        results: list[tuple[bytes, bytes]] = []
+        talk = threading.Thread(target=lambda: results.append(client.communicate(lines)))
+        talk.start()
+        pair.wait_for(lambda: (_out_seq(pair) or 0) > 100, 30, "a stream under way")
+        pair.kill(0, signal.SIGTERM)
+        talk.join(60)
+        out, err = results[0]
+        printed = [int(s) for s in out.split()]
+        assert client.returncode == 3, err
+        assert printed == list(range(1, len(printed) + 1))
+        pair.start(0)
+        stored = _out_seq(pair)
+        print(f"{len(printed)} lines stored before SIGTERM; out_seq after restart {stored}")
+        assert stored == len(printed)
+    finally:
+        pair.stop_all()

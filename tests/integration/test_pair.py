@@ -239,8 +239,10 @@ def test_backlog_limit_refuses_send_while_the_peer_is_away(tmp_path: Path) -> No
     p.start(0)  # moscow never starts
     try:
         p.wait_for(lambda: p.status(0) is not None, 20, "washington's control socket")
-        out = p.cli(0, "send", "--lines", input=b"one\ntwo\nthree\n")
+        out = p.cli(0, "send", "--lines", input=b"one\ntwo\nthree\nfour\nfive\n")
         assert out.stdout.split() == [b"1", b"2", b"3"]
+        assert out.returncode == 75, out.stderr
+        assert b"backlog" in out.stderr
         refused = p.cli(0, "send", "four")
         assert refused.returncode == 75
         assert b"backlog" in refused.stderr
@@ -251,3 +253,36 @@ def test_backlog_limit_refuses_send_while_the_peer_is_away(tmp_path: Path) -> No
         assert [m["body"] for m in _inbox(p, 1)] == ["one", "two", "three", "four"]
     finally:
         p.stop_all()
+
+
+def test_a_daemon_waiting_for_its_peer_sleeps(tmp_path: Path) -> None:
+    """No busy loop while the peer is away (every deadline moves on)."""
+    import os
+
+    p = LoopbackPair(tmp_path)
+    p.start(0)
+    try:
+        p.wait_for(lambda: p.status(0) is not None, 20, "washington's control socket")
+        pid = p[0].proc.pid  # type: ignore[union-attr]
+
+        def cpu_seconds() -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu_seconds()
+        time.sleep(3.0)
+        used = cpu_seconds() - before
+        print(f"CPU used in 3 s without a peer: {used:.2f} s")
+        assert used < 0.9  # a spinning loop uses ~3 s; an idle one ~0.01 s
+    finally:
+        p.stop_all()
+
+
+def test_a_bad_media_type_is_a_usage_error_not_a_crash(pair: LoopbackPair) -> None:
+    pair.wait_up()
+    for bad in ("bogus", "text/" + "x" * 80, "tëxt/plain"):
+        out = pair.cli(0, "send", "--type", bad, "hi")
+        assert out.returncode == 2, out.stderr
+        assert b"media type" in out.stderr
+    assert pair.status(0) is not None  # the daemon is still there
+    assert pair.cli(0, "send", "--wait", "still fine").returncode == 0

@@ -122,3 +122,58 @@ def test_lost_hello_is_repeated_so_a_new_epoch_does_not_stall() -> None:
     pair.send(pair.a, b"after a lost hello")
     pair.run(3.0)
     assert pair.b.delivered == [b"after a lost hello"]
+
+
+# --- timers never demand a busy loop -----------------------------------------------------
+
+
+def _assert_timer_always_in_the_future(link, now: float, seconds: float) -> int:
+    """Drive ``link`` alone (its packets vanish) and check every deadline is ahead."""
+    turns, end = 0, now + seconds
+    while now < end:
+        link.handle_timer(now)
+        link.packets_to_send(now)
+        link.next_events()
+        deadline = link.get_timer()
+        assert deadline is None or deadline > now, f"deadline {deadline} not after {now}"
+        now = end if deadline is None else deadline
+        turns += 1
+    return turns
+
+
+def test_no_busy_loop_while_the_peer_never_answers() -> None:
+    pair = LinkPair()
+    turns = _assert_timer_always_in_the_future(pair.a.link, pair.now, 400.0)
+    assert turns < 1000  # retries every few seconds, not a spin
+
+
+def test_no_busy_loop_after_the_peer_vanishes_with_messages_unacked() -> None:
+    pair = LinkPair(settings=LinkSettings(rekey_after=30.0))
+    pair.run(1.0)
+    pair.send(pair.a, b"never acked", b"nor this")
+    turns = _assert_timer_always_in_the_future(pair.a.link, pair.now, 400.0)
+    assert turns < 2000
+
+
+def test_no_busy_loop_when_the_initiator_vanishes_mid_rekey() -> None:
+    pair = LinkPair(settings=LinkSettings(rekey_after=5.0))
+    pair.run(1.0)
+    initiator = next(e for e in pair.ends if e.link.sessions.current.session.is_initiator)
+    responder = pair.b if initiator is pair.a else pair.a
+    pair.run(4.5)  # the rekey initiation reaches the responder, then the initiator is gone
+    pair.now += 0.6
+    initiator.link.handle_timer(pair.now)
+    for path_id, packet in initiator.link.packets_to_send(pair.now):
+        responder.link.receive_untrusted(path_id, packet, pair.now)
+    turns = _assert_timer_always_in_the_future(responder.link, pair.now, 400.0)
+    assert turns < 2000
+
+
+def test_no_busy_loop_with_no_path_connected() -> None:
+    pair = LinkPair()
+    pair.run(1.0)
+    link = pair.a.link
+    for path_id in range(len(link.paths)):
+        link.path_disconnected(path_id, pair.now)
+    turns = _assert_timer_always_in_the_future(link, pair.now, 400.0)
+    assert turns < 1000
