@@ -286,3 +286,33 @@ def test_a_bad_media_type_is_a_usage_error_not_a_crash(pair: LoopbackPair) -> No
         assert b"media type" in out.stderr
     assert pair.status(0) is not None  # the daemon is still there
     assert pair.cli(0, "send", "--wait", "still fine").returncode == 0
+
+
+def test_inbox_follow_continues_into_a_new_peer_epoch(pair: LoopbackPair) -> None:
+    """The peer lost its store (new epoch, seqs restart at 1): followers still see it all."""
+    import shutil
+    import subprocess
+    import sys
+
+    pair.wait_up()
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "hotline", "inbox", "-c", str(pair[1].config), "--follow",
+         "--json"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout is not None
+        for i in range(2):
+            assert pair.cli(0, "send", "--wait", f"old epoch {i}").returncode == 0
+        seen = [json.loads(follow.stdout.readline()) for _ in range(2)]
+        pair.kill(0)
+        shutil.rmtree(pair[0].state_dir)
+        pair[0].state_dir.mkdir()
+        pair.start(0)
+        pair.wait_up()
+        assert pair.cli(0, "send", "--wait", "new epoch 0").returncode == 0
+        seen.append(json.loads(follow.stdout.readline()))
+        assert [(m["seq"], m["body"]) for m in seen] == [
+            (1, "old epoch 0"), (2, "old epoch 1"), (1, "new epoch 0")]
+        assert any("peer started a new epoch" in x for x in pair[1].log_lines("epoch"))
+    finally:
+        follow.kill()
+        follow.communicate()
