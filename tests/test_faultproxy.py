@@ -14,9 +14,6 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hotline.transport.backoff import Backoff
-from hotline.transport.events import PacketIn, PathConnected, PathDisconnected, TransportEvent
-from hotline.transport.tcp import TcpListener, TcpPath
 from hotline.faultproxy import (
     FaultProxyProcess,
     Faults,
@@ -28,6 +25,9 @@ from hotline.faultproxy import (
     handle_request,
     serve_control,
 )
+from hotline.transport.backoff import Backoff
+from hotline.transport.events import PacketIn, PathConnected, PathDisconnected, TransportEvent
+from hotline.transport.tcp import TcpListener, TcpPath
 
 LOCAL = ("127.0.0.1", 0)
 

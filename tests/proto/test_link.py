@@ -12,14 +12,16 @@ from tests.helpers import LinkPair
 def test_handshake_then_messages_both_ways() -> None:
     pair = LinkPair()
     pair.run(1.0)
-    assert pair.a.link.sessions.can_send() and pair.b.link.sessions.can_send()
+    assert pair.a.link.sessions.can_send()
+    assert pair.b.link.sessions.can_send()
     assert any(isinstance(e, HandshakeComplete) for e in pair.a.events)
     pair.send(pair.a, b"hello moscow", b"second")
     pair.send(pair.b, b"hello washington")
     pair.run(1.0)
     assert pair.b.delivered == [b"hello moscow", b"second"]
     assert pair.a.delivered == [b"hello washington"]
-    assert pair.a.acked == 2 and pair.b.acked == 1
+    assert pair.a.acked == 2
+    assert pair.b.acked == 1
 
 
 def test_both_paths_come_up_and_tcp_is_primary() -> None:

@@ -16,7 +16,7 @@ from hotline.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from hotline.proto import noise, noise_patterns
+from hotline.proto import noise_patterns
 from hotline.proto.noise import MAX_NONCE, CipherState, HandshakeState, x25519_public
 
 KK = "Noise_KK_25519_ChaChaPoly_BLAKE2s"
