@@ -272,7 +272,7 @@ class IncomingStream:
         self._chain = chain
         self._pending_chains[env.seq] = chain
         self._expected = env.seq + 1
-        self._ack_needed = True
+        # No ack yet: it could only repeat the committed upto; on_committed asks for one.
         return Accepted(env.epoch, env.seq, data.raw, data.sig, env, chain)
 
     def _drain(self, accepted: list[Accepted]) -> None:
