@@ -35,6 +35,10 @@ def render(s: dict[str, Any]) -> str:
     age = s.get("session_age_s")
     if isinstance(age, int | float):
         lines.append(f"  session age {age:.0f} s")
+    dropped = s.get("dropped") or {}
+    if dropped:
+        counts = ", ".join(f"{kind} {n}" for kind, n in sorted(dropped.items()))
+        lines.append(f"  refused packets: {counts}")
     for p in s["paths"]:
         heard = p.get("last_heard_s")
         heard_text = f"{heard:.1f} s ago" if isinstance(heard, int | float) else "never"

@@ -101,6 +101,7 @@ class LinkSnapshot:
     backlog: int = 0  # our messages not yet acknowledged
     skew_ms: float | None = None  # peer's clock minus ours
     session_age_s: float | None = None
+    dropped: Mapping[str, int] = field(default_factory=dict)  # refused packets, by kind
 
     @property
     def rtt_ms(self) -> float | None:
@@ -119,7 +120,7 @@ class LinkSnapshot:
             ],
             "out_seq": self.out_seq, "acked": self.acked, "in_seq": self.in_seq,
             "backlog": self.backlog, "skew_ms": self.skew_ms,
-            "session_age_s": self.session_age_s,
+            "session_age_s": self.session_age_s, "dropped": dict(self.dropped),
         }
 
     @classmethod
@@ -138,7 +139,8 @@ class LinkSnapshot:
             return cls(
                 _s(d["peer"]), _s(d["state"]), None if d["active"] is None else _s(d["active"]),
                 paths, _int(d["out_seq"]), _int(d["acked"]), _int(d["in_seq"]),
-                _int(d["backlog"]), _num(d.get("skew_ms")), _num(d.get("session_age_s")))
+                _int(d["backlog"]), _num(d.get("skew_ms")), _num(d.get("session_age_s")),
+                {_s(k): _int(v) for k, v in dict(d.get("dropped", {})).items()})
         except (KeyError, TypeError, AttributeError) as err:
             raise DecodeError(f"bad status object: {err!r}") from err
 

@@ -462,6 +462,7 @@ class Runner:
             backlog=self._sequencer.last_seq - self.acked_upto,
             skew_ms=skews[0] / 1e6 if skews else None,
             session_age_s=link.sessions.session_age(now),
+            dropped=dict(self._counters.dropped),
         )
 
 

@@ -138,6 +138,9 @@ def test_wrong_pinned_key_is_refused_with_a_logged_reason(tmp_path: Path) -> Non
                    20, "an auth log line")
         assert p.status(0)["state"] == "down"  # type: ignore[index]
         assert p.status(1)["state"] == "down"  # type: ignore[index]
+        refused = [p.status(i)["dropped"].get("AuthenticationError", 0)  # type: ignore[index]
+                   for i in (0, 1)]
+        assert sum(refused) >= 1
         assert p.cli(0, "send", "--wait", "--timeout", "1", "x").returncode == 75
     finally:
         p.stop_all()
