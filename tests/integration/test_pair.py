@@ -9,6 +9,8 @@ return to TCP, wrong and unpinned keys refused. Timings are printed, not asserte
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,17 +209,19 @@ def test_rekey_under_traffic(tmp_path: Path) -> None:
         p.stop_all()
 
 
-def test_inbox_follow_and_the_events_stream(pair: LoopbackPair) -> None:
-    import subprocess
-    import sys
+def _follow_inbox(p: LoopbackPair, index: int) -> subprocess.Popen[str]:
+    """``hotline inbox --follow --json`` of node ``index``, running."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hotline", "inbox", "-c", str(p[index].config), "--follow",
+         "--json"], stdout=subprocess.PIPE, text=True)
 
+
+def test_inbox_follow_and_the_events_stream(pair: LoopbackPair) -> None:
     from hotline.control_client import connect
     from hotline.proto.control import EventsRequest
 
     pair.wait_up()
-    follow = subprocess.Popen(
-        [sys.executable, "-m", "hotline", "inbox", "-c", str(pair[1].config), "--follow",
-         "--json"], stdout=subprocess.PIPE, text=True)
+    follow = _follow_inbox(pair, 1)
     try:
         with connect(pair[0].control, timeout=20) as events:
             events.send(EventsRequest())
@@ -294,13 +298,9 @@ def test_a_bad_media_type_is_a_usage_error_not_a_crash(pair: LoopbackPair) -> No
 def test_inbox_follow_continues_into_a_new_peer_epoch(pair: LoopbackPair) -> None:
     """The peer lost its store (new epoch, seqs restart at 1): followers still see it all."""
     import shutil
-    import subprocess
-    import sys
 
     pair.wait_up()
-    follow = subprocess.Popen(
-        [sys.executable, "-m", "hotline", "inbox", "-c", str(pair[1].config), "--follow",
-         "--json"], stdout=subprocess.PIPE, text=True)
+    follow = _follow_inbox(pair, 1)
     try:
         assert follow.stdout is not None
         for i in range(2):
