@@ -561,6 +561,8 @@ def _follow_readme(boot: BootedSystemd) -> None:
 def _check_services(boot: BootedSystemd) -> None:
     active = boot.ok("systemctl is-active hotline@moscow hotline@washington")
     assert active.split() == ["active", "active"], active
+    enabled = boot.ok("systemctl is-enabled hotline@moscow hotline@washington")
+    assert enabled.split() == ["enabled", "enabled"], enabled  # started at every boot
     boot.ok("for i in $(seq 100); do hotline status -i moscow --json | grep -q '\"state\": *"
             "\"up\"' && exit 0; sleep 0.1; done; hotline status -i moscow; exit 1")
     # Each end sent one message while the other might not have been up yet.
