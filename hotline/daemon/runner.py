@@ -126,7 +126,6 @@ RunnerInput = TransportEvent | SendRequest | WaitRequest | StatusRequest | Commi
 @dataclass
 class _Counters:
     in_seq: int = 0
-    delivered_total: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
 
@@ -314,7 +313,6 @@ class Runner:
             if isinstance(event, Delivered):
                 for m in event.messages:
                     self._batch.incoming.append(InRecord(m.epoch, m.seq, m.raw, m.sig))
-                self._counters.delivered_total += len(event.messages)
             elif isinstance(event, Acked):
                 self._on_acked(event.upto)
             elif isinstance(event, ReceiptReceived):

@@ -52,7 +52,6 @@ class StoreWorker:
         self._failed = trio.Event()
         self._failure: BaseException | None = None
         self.commits = 0
-        self.committed_items = 0
 
     def submit(self, batch: Batch, replies: list[tuple[Reply, list[int]]]) -> None:
         """Queue a batch for commit; a ``Committed`` goes to the runner when it is durable."""
@@ -62,7 +61,6 @@ class StoreWorker:
                 self._fail(result[1])
                 return
             self.commits += 1
-            self.committed_items += len(batch.outgoing) + len(batch.incoming)
             self._done.send_nowait(Committed(batch, replies))
 
         self._jobs.put((lambda: self.store.apply(batch), finished))

@@ -91,15 +91,16 @@ async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Ide
                peer: PublicKey, store: Store) -> None:
     now = trio.current_time()
     unacked = store.unacked()
+    streams = _stream_state(store, unacked)
     link = Link(identity, peer, [PathSpec(p.url, p.scheme) for p in config.peer_paths],
-                link_settings(config), _stream_state(store, unacked), os.urandom, now,
-                time.time_ns())
+                link_settings(config), streams, os.urandom, now, time.time_ns())
     last_seq, last_chain = store.out_head()
     sequencer = Sequencer(identity, peer, store.epoch, last_seq, last_chain, config.max_message)
     transports: dict[int, PathTransport] = {}
     runner = Runner(link, sequencer, cast(Any, None), transports, logger, notifier,
-                    config.peer_name, config.log_every, store.acked_upto(),
-                    _in_seq(store), [(r.seq, len(r.raw)) for r in unacked],
+                    config.peer_name, config.log_every, streams.out_acked,
+                    streams.in_state[1] if streams.in_state else 0,
+                    [(r.seq, len(r.raw)) for r in unacked],
                     config.max_backlog)
     worker = StoreWorker(store, runner.submit)
     runner.attach_store(worker)
@@ -162,11 +163,6 @@ def _stream_state(store: Store, unacked: list[OutRecord]) -> StreamState:
         out_unacked=[(r.seq, r.raw, r.sig) for r in unacked],
         in_state=None if peer is None else (peer.epoch, peer.delivered_upto, peer.chain),
     )
-
-
-def _in_seq(store: Store) -> int:
-    peer = store.peer_stream()
-    return 0 if peer is None else peer.delivered_upto
 
 
 async def _serve_control(control: ControlServer, listener: trio.SocketListener,

@@ -2,7 +2,7 @@
 
 The daemon turns them into store writes (``Delivered``, ``Acked``,
 ``ReceiptReceived``), log lines (``PathUp``/``PathDown``/``PrimaryChanged``/
-``HandshakeComplete``/``PeerEpochChanged``/``Dropped``) and transport actions
+``HandshakeComplete``/``NewEpoch``/``Dropped``) and transport actions
 (``ResetPath``: drop the TCP connection and re-dial).
 """
 
@@ -86,8 +86,6 @@ class ReceiptReceived:
     raw: bytes
     sig: bytes
 
-
-PeerEpochChanged = NewEpoch
 
 Event = (
     PathUp | PathDown | PrimaryChanged | HandshakeComplete | Dropped | ResetPath

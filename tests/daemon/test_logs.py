@@ -197,13 +197,8 @@ def _parse_native(data: bytes) -> dict[str, str]:
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = str(tmp_path / "journal.socket")
-    sock.bind(path)
-    sock.settimeout(5)
-    yield sock, path
-    sock.close()
+def journal(unix_dgram: tuple[socket.socket, str]) -> tuple[socket.socket, str]:
+    return unix_dgram
 
 
 def test_native_journal_fields(logfile: TextIO, journal: tuple[socket.socket, str]) -> None:

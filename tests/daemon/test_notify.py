@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,8 @@ from hotline.daemon.notify import Notifier
 
 
 @pytest.fixture
-def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = str(tmp_path / "notify")
-    sock.bind(path)
-    sock.settimeout(5)
-    yield sock, path
-    sock.close()
+def listener(unix_dgram: tuple[socket.socket, str]) -> tuple[socket.socket, str]:
+    return unix_dgram
 
 
 def _recv(sock: socket.socket) -> str:
