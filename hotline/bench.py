@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from hotline.control_client import ControlClient, connect
-from hotline.loopback import LoopbackPair, ProxiedPair
 from hotline.proto.control import SendRequest, WaitRequest
+from hotline.testing.loopback import LoopbackPair, ProxiedPair
 
 _BATCH = 100
 

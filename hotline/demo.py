@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from hotline.errors import CheckFailedError
-from hotline.loopback import ProxiedPair
+from hotline.testing.loopback import ProxiedPair
 
 _STREAM = 40
 

@@ -23,7 +23,7 @@ def test_client_command_imports_no_trio_or_cryptography(command: str) -> None:
 
 
 def test_unreachable_daemon_is_one_line_and_exit_3(tmp_path) -> None:
-    from hotline.loopback import LoopbackPair
+    from hotline.testing.loopback import LoopbackPair
 
     pair = LoopbackPair(tmp_path)
     result = pair.cli(0, "status")

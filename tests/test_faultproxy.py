@@ -14,7 +14,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hotline.faultproxy import (
+from hotline.testing.faultproxy import (
     FaultProxyProcess,
     Faults,
     TcpFaultProxy,

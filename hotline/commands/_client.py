@@ -10,8 +10,8 @@ import json
 import sys
 from typing import Any
 
+from hotline.config import Config, find_config, load_config
 from hotline.control_client import ControlClient, connect
-from hotline.daemon.config import Config, find_config, load_config
 
 
 def load(args: argparse.Namespace) -> Config:

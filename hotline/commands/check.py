@@ -17,7 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
-from hotline.daemon.config import Config, find_config, load_config
+from hotline.config import Config, find_config, load_config
 from hotline.errors import AccessDeniedError, CheckFailedError
 
 

@@ -41,7 +41,7 @@ class Signer:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``hotline export -c FILE SEQ DIR [--direction in|out]``."""
-    from hotline.daemon.config import find_config, load_config
+    from hotline.config import find_config, load_config
     from hotline.keyfile import load_identity_with_comment
 
     config = load_config(find_config(args.config, args.link))

@@ -12,7 +12,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the config, then run the daemon until SIGTERM/SIGINT (exit 0)."""
     import trio
 
-    from hotline.daemon.config import find_config, load_config
+    from hotline.config import find_config, load_config
     from hotline.daemon.logs import Logger
     from hotline.daemon.notify import Notifier
     from hotline.daemon.supervisor import run_daemon

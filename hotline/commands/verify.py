@@ -61,7 +61,7 @@ class _Bad(Exception):
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``hotline verify -c FILE | -i LINK``."""
-    from hotline.daemon.config import find_config, load_config
+    from hotline.config import find_config, load_config
     from hotline.keyfile import load_identity
 
     config = load_config(find_config(args.config, args.link))

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import trio
 
-from hotline.daemon.config import Config
+from hotline.config import Config
 from hotline.daemon.control_server import ControlServer, bind_control_socket
 from hotline.daemon.logs import NOTICE, Logger
 from hotline.daemon.notify import Notifier

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hotline.loopback import LoopbackPair
+from hotline.testing.loopback import LoopbackPair
 
 TOTAL = 2000
 KILLS = 6

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from hotline.loopback import LoopbackPair
+from hotline.testing.loopback import LoopbackPair
 
 # Python does not export these; 29 is SO_TIMESTAMP (== SCM_TIMESTAMP) in
 # asm-generic/socket.h, used by x86, arm and most other Linux architectures.

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from hotline.keyfile import save_identity
-from hotline.loopback import LoopbackPair, ProxiedPair
 from hotline.proto.identity import Identity
+from hotline.testing.loopback import LoopbackPair, ProxiedPair
 
 
 @pytest.fixture

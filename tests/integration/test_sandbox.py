@@ -51,7 +51,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from hotline.loopback import LoopbackPair
+from hotline.testing.loopback import LoopbackPair
 
 REPO = Path(__file__).resolve().parents[2]
 SITE = Path(trio.__file__).resolve().parents[1]  # site-packages with trio, cryptography…

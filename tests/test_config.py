@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hotline.cli import main
-from hotline.daemon.config import (
+from hotline.config import (
     Config,
     PathSpec,
     find_config,
@@ -274,7 +274,7 @@ def test_client_modules_import_neither_trio_nor_cryptography(site: Path) -> None
     """Fast client commands load config and talk to the daemon without the heavy deps."""
     code = (
         "import sys\n"
-        "from hotline.daemon.config import load_config\n"
+        "from hotline.config import load_config\n"
         "import hotline.control_client, hotline.daemon.logs, hotline.daemon.notify\n"
         f"c = load_config({str(site / 'link.toml')!r})\n"
         "c.peer_key.fingerprint()\n"
@@ -306,7 +306,7 @@ def test_unreadable_config_is_a_permission_problem(site: Path,
 
 def test_client_finds_the_service_socket(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """From a shell (no $RUNTIME_DIRECTORY) a client finds hotline@LINK's socket."""
-    import hotline.daemon.config as config_module
+    import hotline.config as config_module
 
     run = site / "run"
     monkeypatch.setattr(config_module, "RUNTIME_BASE", run)
@@ -328,7 +328,7 @@ def test_unreadable_credentials_dir_is_named_not_skipped(site: Path,
     creds.chmod(0)
     code = (
         "import os\n"
-        "from hotline.daemon.config import load_config\n"
+        "from hotline.config import load_config\n"
         f"print(load_config({str(site / 'link.toml')!r}, "
         f"environ={{'CREDENTIALS_DIRECTORY': {str(creds)!r}}}).key_path)\n"
     )

@@ -1,4 +1,4 @@
-# hotline/faultproxy.py — a fault-injecting TCP/UDP proxy for tests and `hotline demo`.
+# hotline/testing/faultproxy.py — a fault-injecting TCP/UDP proxy for tests and `hotline demo`.
 #
 # Owns: a proxy that sits between a listen address and a target and misbehaves on
 # command — drop, delay (+ jitter), duplicate, reorder, corrupt, black-hole, stall —
@@ -29,7 +29,7 @@
 #         {"cmd": "stats"}                          -> {"ok": true, "stats": {...}}
 #
 # Subprocess use (integration tests put it between daemon subprocesses):
-#     python -m hotline.faultproxy --config '{"seed": 1, "control": "127.0.0.1:0",
+#     python -m hotline.testing.faultproxy --config '{"seed": 1, "control": "127.0.0.1:0",
 #         "proxies": [{"name": "tcp", "kind": "tcp", "listen": "127.0.0.1:0",
 #                      "target": "127.0.0.1:7411", "frame_aware": true,
 #                      "faults": {"delay": 0.01}}]}'
@@ -630,7 +630,8 @@ async def run_config(config: dict[str, Any], ready: Callable[[dict[str, Any]], N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hotline.faultproxy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m hotline.testing.faultproxy",
+                                     description=__doc__)
     parser.add_argument("--config", required=True, help="JSON text, or @FILE")
     args = parser.parse_args(argv)
     text = Path(args.config[1:]).read_text() if args.config.startswith("@") else args.config
@@ -668,7 +669,7 @@ _MODULE = __spec__.name if __spec__ is not None and __name__ == "__main__" else 
 
 
 class FaultProxyProcess:
-    """``python -m hotline.faultproxy`` as a subprocess (integration tests, the demo).
+    """``python -m hotline.testing.faultproxy`` as a subprocess (integration tests, the demo).
 
     Usage::
 

@@ -253,7 +253,7 @@ class ProxiedPair(LoopbackPair):
                  seed: int = 1, log_format: str = "text") -> None:
         self._plan: list[dict[str, Any]] = []
         super().__init__(root, route=self._route, settings=settings, log_format=log_format)
-        from hotline.faultproxy import FaultProxyProcess
+        from hotline.testing.faultproxy import FaultProxyProcess
 
         self.proxy = FaultProxyProcess({"seed": seed, "proxies": self._plan})
 
