@@ -10,8 +10,8 @@ module uses only the stdlib ``socket`` and msgpack: no trio, no cryptography.
   ``AccessDeniedError`` (exit 77: the socket is mode 0660, join its group).
 * ``ControlClient.request(req)`` sends one request and returns its first reply;
   ``replies()`` iterates over the following ones (``inbox --follow``, ``events``, the
-  second reply of ``send`` with ``wait``). An ``{"ok": false, "code": N}`` reply
-  raises the matching ``UserError`` with exit code ``N``.
+  second reply of ``send`` with ``wait``). An ``{"ok": false, "kind": K}`` reply
+  raises the ``UserError`` subclass named K (``errors.py``), whose exit code it is.
 """
 
 from __future__ import annotations
@@ -25,27 +25,16 @@ from typing import Any
 
 from hotline.errors import (
     AccessDeniedError,
-    CheckFailedError,
-    ConfigError,
     DaemonUnreachableError,
-    NotAcknowledgedError,
     RemoteProtocolError,
-    UsageError,
     UserError,
+    user_error_class,
 )
-from hotline.proto.control import (
-    FrameBuffer,
-    Request,
-    decode_reply_untrusted,
-    encode_request,
-)
+from hotline.proto.control import FrameBuffer, decode_reply_untrusted, encode_request
+from hotline.proto.requests import Request
 
 _READ_SIZE = 65536
 _UNREACHABLE = {errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOTDIR}
-_ERRORS_BY_CODE: dict[int, type[UserError]] = {
-    1: CheckFailedError, 2: UsageError, 3: DaemonUnreachableError,
-    75: NotAcknowledgedError, 77: AccessDeniedError, 78: ConfigError,
-}
 
 
 def connect(path: str | Path, link: str | None = None,
@@ -170,9 +159,6 @@ class ControlClient:
 
 
 def _error_from_reply(reply: dict[str, Any]) -> UserError:
-    """The ``UserError`` for ``{"ok": false, "error": E, "code": C}``, exit code C."""
-    code: int = reply["code"]
-    cls = _ERRORS_BY_CODE.get(code, UserError)
-    err = cls(reply["error"])
-    err.exit_code = code
-    return err
+    """The ``UserError`` named by ``{"ok": false, "error": E, "kind": K}`` (its class
+    fixes the exit code)."""
+    return user_error_class(reply["kind"])(reply["error"])

@@ -12,6 +12,10 @@ There are three families, so that callers can tell at a glance what to do:
   (sysexits-style, DESIGN §6), never with a traceback.
 
 ``StoreError`` is for a durable store that is corrupt or from an unknown schema.
+
+``user_error_class(name)`` maps a class name back to its class, so the control socket
+carries an error's *kind* and the client raises the same class (its exit code is the
+class's, never a literal copied around).
 """
 
 from __future__ import annotations
@@ -108,6 +112,18 @@ class NotAcknowledgedError(UserError):
     exit_code = 75
 
 
+class BacklogFullError(UserError):
+    """``send`` refused: too many messages await the peer's acknowledgement."""
+
+    exit_code = 75
+
+
+class StoreFailedError(UserError):
+    """The daemon could not store the message (disk full, I/O error): nothing was kept."""
+
+    exit_code = 74
+
+
 class CheckFailedError(UserError):
     """``verify`` or ``check`` found a problem (a bad signature, a broken chain link)."""
 
@@ -121,3 +137,11 @@ class StoreError(HotlineError):
     """The store is corrupt, from an unknown schema version, or not ours."""
 
     exit_code = 1
+
+
+def user_error_class(name: str) -> type[UserError]:
+    """The ``UserError`` subclass called ``name`` (``UserError`` itself if unknown)."""
+    found = globals().get(name)
+    if isinstance(found, type) and issubclass(found, UserError):
+        return found
+    return UserError

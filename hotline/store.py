@@ -1,32 +1,44 @@
-"""The durable store: outbox, inbox and receipts in one SQLite file (DESIGN §4).
+"""The durable store: outbox, inbox, receipts and acknowledgements in one SQLite file.
 
 One file ``<state_dir>/hotline.db`` (mode 0600; SQLite gives its ``-wal``/``-shm``
-files the same mode) holds everything a daemon must not forget:
+files the same mode) holds everything a daemon must not forget (DESIGN §4, §4b, §9):
 
-* ``meta`` — one row: our key, the pinned peer key, our outgoing **epoch** (16 random
-  bytes drawn when the store is created; a lost store means a new epoch, never reused
-  seqs) and the peer's cumulative ack of our stream (``acked_upto``, monotonic).
-* ``outgoing`` — our envelopes by seq (contiguous from 1), exact signed bytes + signature.
-* ``peer_epochs`` — each peer epoch seen, in order, with ``delivered_upto`` (highest seq
-  stored with no gap below it, from the epoch's first stored seq) and the chain hash of
-  the envelope at ``delivered_upto``.
-* ``incoming`` — the peer's envelopes by (epoch, seq); duplicates are ignored.
-* ``receipts`` — the peer's signed receipts of our stream.
+* ``meta`` — one row: our key, the pinned peer key, our current outgoing **epoch**
+  (16 random bytes: a lost store means a new epoch, never reused seqs) and the last
+  accepted handshake timestamp (the replay floor survives restarts, DESIGN §2b).
+* ``out_epochs`` — each of our epochs in order, with why it began; ``out_lanes`` — per
+  epoch and precedence lane, the peer's cumulative ack (``acked_upto`` and the chain
+  hash there) and, for an abandoned epoch, how far its backlog was re-sent.
+* ``outgoing`` — our envelopes by (epoch, lane, seq), exact signed bytes, signature,
+  chain hash; ``send_ids`` — idempotency ids of ``send --id`` and the message each
+  stored (DESIGN §4b).
+* ``peer_epochs`` — every peer epoch ever seen (never re-entered); ``peer_lanes`` — per
+  peer epoch and lane, ``delivered_upto`` (stored with no gap from ``first_seq``) and
+  the chain hash there.
+* ``incoming`` — the peer's envelopes; ``n`` is the inbox cursor: one order across
+  epochs and lanes, so ``inbox --since``/``--follow`` never skip an older epoch.
+* ``gaps`` — seqs we know we will never hold, and why (a sender whose store was
+  restored; ``verify`` names a gap instead of failing on it).
+* ``receipts`` — the peer's signed receipts of our stream, stored only when they sign
+  our own transcript (their chain hash equals ours at their ``upto``).
+* ``operator_acks`` — which message an operator acknowledgement (DESIGN §9) covers.
 
 Durability: WAL journal with ``synchronous=FULL``, so a committed transaction survives
-a crash or power loss. Group commit: ``apply(batch)`` writes everything one event-loop
-turn produced (outgoing, incoming, the new ack, receipts) in ONE ``BEGIN IMMEDIATE``
-transaction, so one fsync is shared by all of it; a batch is all-or-nothing.
+a crash or power loss. Group commit: ``execute(Commit(batch))`` writes everything one
+event-loop turn produced in ONE ``BEGIN IMMEDIATE`` transaction, so one fsync is
+shared by all of it; a batch is all-or-nothing. Start-up reads a bounded window
+(``resume``), never the whole backlog.
 
 The daemon calls the store from one worker thread (hence ``check_same_thread=False``);
 the CLI (``verify``, ``export``) may read the same file meanwhile: WAL lets readers run
 beside the one writer, and ``busy_timeout`` waits out brief locks.
 
-Schema versions live in ``PRAGMA user_version``. ``_MIGRATIONS[n]`` upgrades version n
-to n + 1 (version 0 is the empty file); a file from a newer hotline is refused.
+Schema versions live in ``PRAGMA user_version``; ``_MIGRATIONS[n]`` upgrades version n
+to n + 1 (version 0 is the empty file, version 1 the first release's single-lane
+store, whose messages become routine); a file from a newer hotline is refused.
 
-The store never parses network bytes: callers hand it records whose epoch and seq they
-took from envelopes they already decoded and verified.
+The store never parses network bytes: callers hand it records whose epoch, lane and
+seq they took from envelopes they already decoded and verified.
 """
 
 from __future__ import annotations
@@ -34,132 +46,74 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hotline.errors import LocalProtocolError, StoreError
 from hotline.proto.envelope import EPOCH_LEN, ZERO_HASH, chain_hash
 from hotline.proto.identity import PublicKey
+from hotline.proto.lanes import LANES
+from hotline.proto.records import (
+    AckRecord,
+    Carry,
+    Commit,
+    Committed,
+    InLane,
+    InRecord,
+    NewOutEpoch,
+    OutLane,
+    OutRecord,
+    ReadChain,
+    ReadOutgoing,
+    ReceiptRecord,
+    Rejoin,
+    Resume,
+    StoreBatch,
+    StoreJob,
+    StoreResult,
+)
+from hotline.store_schema import MIGRATIONS, SCHEMA_VERSION
 
 DB_NAME = "hotline.db"
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
 _PAGE = 500  # rows per query when iterating for verify/export
 
 
 @dataclass(frozen=True)
-class OutRecord:
-    """One of our envelopes: seq, exact signed bytes, 64-byte signature."""
+class InboxEntry:
+    """One delivered message as the inbox shows it: cursor ``n`` and where it is from."""
 
+    n: int
+    epoch: bytes
+    lane: int
     seq: int
     raw: bytes
     sig: bytes
 
 
 @dataclass(frozen=True)
-class InRecord:
-    """One of the peer's envelopes, keyed by the peer's epoch and seq."""
+class Gap:
+    """Seqs ``first..last`` of a lane we will never hold, and why."""
 
+    direction: str  # "in": the peer's stream; "out": ours
     epoch: bytes
-    seq: int
-    raw: bytes
-    sig: bytes
+    lane: int
+    first: int
+    last: int
+    reason: str
 
 
 @dataclass(frozen=True)
-class PeerStream:
-    """How far the peer's stream in ``epoch`` is stored without a gap."""
+class LaneState:
+    """One lane of one epoch, for ``verify`` and ``status``."""
 
     epoch: bytes
-    delivered_upto: int
-    chain: bytes  # chain hash of the envelope at delivered_upto (zeros if none)
-    first_seq: int = 1  # where this epoch's stream starts in our store
-
-
-@dataclass(frozen=True)
-class ReceiptRecord:
-    """A peer's signed receipt of our stream (``epoch`` is our epoch)."""
-
-    epoch: bytes
-    upto: int
+    lane: int
+    first_seq: int
+    upto: int  # outgoing: the peer's ack; incoming: delivered_upto
     chain: bytes
-    raw: bytes
-    sig: bytes
-
-
-@dataclass
-class Batch:
-    """Everything one event-loop turn wants committed, in one transaction."""
-
-    outgoing: list[OutRecord] = field(default_factory=list)
-    incoming: list[InRecord] = field(default_factory=list)
-    acked_upto: int | None = None
-    receipts: list[ReceiptRecord] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.outgoing or self.incoming or self.receipts
-                    or self.acked_upto is not None)
-
-
-# --- schema and migrations ------------------------------------------------------------
-
-_SCHEMA_V1 = """
-CREATE TABLE meta (
-    id          INTEGER PRIMARY KEY CHECK (id = 1),
-    our_key     BLOB NOT NULL CHECK (length(our_key) = 32),
-    peer_key    BLOB NOT NULL CHECK (length(peer_key) = 32),
-    epoch       BLOB NOT NULL CHECK (length(epoch) = 16),
-    acked_upto  INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE outgoing (
-    seq   INTEGER PRIMARY KEY CHECK (seq >= 1),
-    raw   BLOB NOT NULL,
-    sig   BLOB NOT NULL,
-    chain BLOB NOT NULL
-);
-CREATE TABLE peer_epochs (
-    ord            INTEGER PRIMARY KEY AUTOINCREMENT,
-    epoch          BLOB NOT NULL UNIQUE CHECK (length(epoch) = 16),
-    first_seq      INTEGER NOT NULL CHECK (first_seq >= 1),
-    delivered_upto INTEGER NOT NULL,
-    chain          BLOB NOT NULL
-);
-CREATE TABLE incoming (
-    epoch BLOB NOT NULL REFERENCES peer_epochs(epoch),
-    seq   INTEGER NOT NULL CHECK (seq >= 1),
-    raw   BLOB NOT NULL,
-    sig   BLOB NOT NULL,
-    PRIMARY KEY (epoch, seq)
-) WITHOUT ROWID;
-CREATE TABLE receipts (
-    id    INTEGER PRIMARY KEY AUTOINCREMENT,
-    epoch BLOB NOT NULL,
-    upto  INTEGER NOT NULL,
-    chain BLOB NOT NULL,
-    raw   BLOB NOT NULL,
-    sig   BLOB NOT NULL,
-    UNIQUE (epoch, upto)
-);
-"""
-
-
-def _migrate_0_to_1(db: sqlite3.Connection) -> None:
-    for statement in _SCHEMA_V1.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-# _MIGRATIONS[n] turns a version-n file into version n + 1 (inside one transaction).
-# For v2: write _migrate_1_to_2, add it here, bump SCHEMA_VERSION.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_0_to_1}
-
-
-def _fingerprint(raw: bytes) -> str:
-    return PublicKey.from_raw(raw).fingerprint()
-
-
-# --- the store ------------------------------------------------------------------------
 
 
 class Store:
@@ -214,193 +168,394 @@ class Store:
         finally:
             self._db.execute("COMMIT")
 
-    # --- reads ----------------------------------------------------------------------
+    # --- the daemon's jobs (records.py) ---------------------------------------------
 
-    def out_head(self) -> tuple[int, bytes]:
-        """(last outgoing seq, chain hash of that envelope); (0, 32 zero bytes) if none."""
+    def execute(self, job: StoreJob) -> StoreResult:
+        """Run one store job for the endpoint and return its result.
+
+        Raises:
+            StoreError: the database failed (for ``Commit``: nothing of the batch is
+                stored).
+            LocalProtocolError: the batch breaks an invariant (a bug of the caller).
+        """
+        if isinstance(job, Commit):
+            return self.apply(job.batch)
+        if isinstance(job, ReadOutgoing):
+            return self.read_outgoing(job.epoch, job.lane, job.after, job.limit)
+        if isinstance(job, ReadChain):
+            return self.chain_at(job.epoch, job.lane, job.seq)
+        return self.lookup_send_ids(job.ids)
+
+    def resume(self, window: int) -> Resume:
+        """Everything the endpoint needs at start-up: at most ``window`` unacked
+        envelopes per lane are read, whatever the backlog."""
+        q = self._db.execute
+        out = []
+        for lane in LANES:
+            head, head_chain = self._out_head(self.epoch, lane)
+            acked, acked_chain = q(
+                "SELECT acked_upto, acked_chain FROM out_lanes WHERE epoch = ? AND lane = ?",
+                (self.epoch, lane)).fetchone() or (0, ZERO_HASH)
+            unacked = tuple(self.read_outgoing(self.epoch, lane, acked, window))
+            out.append(OutLane(head, head_chain, acked, acked_chain, unacked))
+        peer = q("SELECT epoch FROM peer_epochs ORDER BY ord DESC LIMIT 1").fetchone()
+        peer_epoch = None if peer is None else bytes(peer[0])
+        lanes = []
+        for lane in LANES:
+            row = None if peer_epoch is None else q(
+                "SELECT delivered_upto, chain FROM peer_lanes WHERE epoch = ? AND lane = ?",
+                (peer_epoch, lane)).fetchone()
+            lanes.append(InLane(0, ZERO_HASH) if row is None else InLane(row[0], row[1]))
+        seen = frozenset(bytes(r[0]) for r in q("SELECT epoch FROM peer_epochs"))
+        handshake_ts: int = q("SELECT handshake_ts FROM meta").fetchone()[0]
+        return Resume(self.epoch, tuple(out), peer_epoch, tuple(lanes), seen, handshake_ts,
+                      self._carries())
+
+    def _carries(self) -> tuple[Carry, ...]:
+        """Abandoned epochs' lanes whose backlog is not re-sent yet."""
+        carries = []
+        for epoch, lane, carried in self._db.execute(
+                "SELECT epoch, lane, carried_upto FROM out_lanes"
+                " WHERE epoch != ? AND carried_upto IS NOT NULL", (self.epoch,)).fetchall():
+            head = self._out_head(epoch, lane)[0]
+            if carried < head:
+                carries.append(Carry(bytes(epoch), lane, carried, head))
+        return tuple(carries)
+
+    def read_outgoing(self, epoch: bytes, lane: int, after: int, limit: int) -> list[OutRecord]:
+        """Up to ``limit`` of our envelopes of ``epoch``/``lane`` with seq > ``after``."""
+        rows = self._db.execute(
+            "SELECT o.seq, o.raw, o.sig, o.chain, i.send_id FROM outgoing o"
+            " LEFT JOIN send_ids i ON i.epoch = o.epoch AND i.lane = o.lane AND i.seq = o.seq"
+            " WHERE o.epoch = ? AND o.lane = ? AND o.seq > ? ORDER BY o.seq LIMIT ?",
+            (epoch, lane, after, limit)).fetchall()
+        return [OutRecord(epoch, lane, *row) for row in rows]
+
+    def chain_at(self, epoch: bytes, lane: int, seq: int) -> bytes | None:
+        """The chain hash of our envelope ``seq`` (zeros for seq 0), or None."""
+        if seq == 0:
+            return ZERO_HASH
         row = self._db.execute(
-            "SELECT seq, chain FROM outgoing ORDER BY seq DESC LIMIT 1").fetchone()
+            "SELECT chain FROM outgoing WHERE epoch = ? AND lane = ? AND seq = ?",
+            (epoch, lane, seq)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def lookup_send_ids(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``{id: (lane, seq)}`` for the ids already stored (seq in its current epoch)."""
+        found: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(ids), _PAGE):
+            chunk = list(ids[start:start + _PAGE])
+            marks = ",".join("?" * len(chunk))
+            for send_id, lane, seq in self._db.execute(
+                    f"SELECT send_id, lane, seq FROM send_ids WHERE send_id IN ({marks})",
+                    chunk):
+                found[send_id] = (lane, seq)
+        return found
+
+    # --- the one write path -------------------------------------------------------------
+
+    def apply(self, batch: StoreBatch) -> Committed:
+        """Commit a whole batch in one transaction (one fsync), all or nothing.
+
+        Order inside: a new epoch, then outgoing records (each lane continuing its
+        head contiguously), rejoins, incoming records (each continuing its lane's
+        ``delivered_upto``; duplicates ignored), acks (monotonic, never above our
+        head), receipts (stored only if they sign our transcript), operator acks.
+
+        Returns:
+            ``Committed`` with the receipts that were refused.
+
+        Raises:
+            LocalProtocolError: outgoing seqs not contiguous, an ack above our head,
+                incoming seqs that skip ahead without a ``Rejoin``.
+            StoreError: the database failed (nothing of the batch is stored).
+        """
+        if not batch:
+            return Committed()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            rejected = self._write(batch)
+            self._db.execute("COMMIT")
+        except BaseException as err:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            if isinstance(err, sqlite3.Error):
+                raise StoreError(f"store {self.path}: write failed: {err}") from err
+            raise
+        if batch.new_epoch is not None:
+            self.epoch = batch.new_epoch.epoch
+        return Committed(tuple(rejected))
+
+    def _write(self, batch: StoreBatch) -> list[ReceiptRecord]:
+        if batch.new_epoch is not None:
+            self._start_epoch(batch.new_epoch)
+        self._insert_outgoing(batch.outgoing)
+        for (epoch, lane), upto in batch.carried.items():
+            self._db.execute("UPDATE out_lanes SET carried_upto = max(carried_upto, ?)"
+                             " WHERE epoch = ? AND lane = ?", (upto, epoch, lane))
+        for run in _runs(batch.incoming):
+            if isinstance(run, Rejoin):
+                self._rejoin(run)
+            else:
+                self._insert_incoming(run)
+        for ack in batch.acks.values():
+            self._set_acked(ack)
+        rejected = self._insert_receipts(batch.receipts)
+        self._db.executemany(
+            "INSERT OR IGNORE INTO operator_acks (ours, epoch, lane, seq, ack_epoch, ack_lane,"
+            " ack_seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(int(a.ours), a.epoch, a.lane, a.seq, a.ack_epoch, a.ack_lane, a.ack_seq)
+             for a in batch.operator_acks])
+        if batch.handshake_ts is not None:
+            self._db.execute("UPDATE meta SET handshake_ts = max(handshake_ts, ?)",
+                             (batch.handshake_ts,))
+        return rejected
+
+    def _start_epoch(self, new: NewOutEpoch) -> None:
+        """Abandon the current epoch: its unacknowledged backlog is to be carried over
+        (``carried_upto`` starts at its ack), and ``new.epoch`` becomes current."""
+        if len(new.epoch) != EPOCH_LEN:
+            raise LocalProtocolError("an epoch is 16 bytes")
+        old = self._current_epoch()
+        for lane in LANES:
+            self._db.execute(
+                "INSERT INTO out_lanes (epoch, lane, acked_upto, acked_chain, carried_upto)"
+                " VALUES (?, ?, 0, ?, 0) ON CONFLICT (epoch, lane) DO UPDATE"
+                " SET carried_upto = acked_upto", (old, lane, ZERO_HASH))
+        self._db.execute("INSERT INTO out_epochs (epoch, reason) VALUES (?, ?)",
+                         (new.epoch, new.reason))
+        self._db.execute("UPDATE meta SET epoch = ?", (new.epoch,))
+
+    def _current_epoch(self) -> bytes:
+        epoch: bytes = self._db.execute("SELECT epoch FROM meta").fetchone()[0]
+        return epoch
+
+    def _insert_outgoing(self, records: Sequence[OutRecord]) -> None:
+        heads: dict[tuple[bytes, int], int] = {}
+        for r in records:
+            key = (r.epoch, r.lane)
+            if key not in heads:
+                heads[key] = self._out_head(r.epoch, r.lane)[0]
+            if r.seq != heads[key] + 1:
+                raise LocalProtocolError(
+                    f"outgoing lane {r.lane} seq {r.seq} does not follow {heads[key]}")
+            heads[key] = r.seq
+        now = int(time.time())
+        self._db.executemany(
+            "INSERT INTO outgoing (epoch, lane, seq, raw, sig, chain, stored_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(r.epoch, r.lane, r.seq, r.raw, r.sig, r.chain, now) for r in records])
+        self._db.executemany(
+            "INSERT OR REPLACE INTO send_ids (send_id, epoch, lane, seq) VALUES (?, ?, ?, ?)",
+            [(r.send_id, r.epoch, r.lane, r.seq) for r in records if r.send_id is not None])
+
+    def _out_head(self, epoch: bytes, lane: int) -> tuple[int, bytes]:
+        row = self._db.execute(
+            "SELECT seq, chain FROM outgoing WHERE epoch = ? AND lane = ?"
+            " ORDER BY seq DESC LIMIT 1", (epoch, lane)).fetchone()
         return (0, ZERO_HASH) if row is None else (row[0], row[1])
 
-    def acked_upto(self) -> int:
-        """The peer's cumulative ack of our stream (0 if nothing acknowledged)."""
-        value: int = self._db.execute("SELECT acked_upto FROM meta").fetchone()[0]
-        return value
-
-    def unacked(self) -> list[OutRecord]:
-        """Our envelopes above ``acked_upto``, in seq order."""
-        rows = self._db.execute(
-            "SELECT seq, raw, sig FROM outgoing WHERE seq > (SELECT acked_upto FROM meta)"
-            " ORDER BY seq").fetchall()
-        return [OutRecord(*row) for row in rows]
-
-    def peer_stream(self) -> PeerStream | None:
-        """The latest peer epoch seen and how far it is stored without a gap."""
+    def _rejoin(self, rejoin: Rejoin) -> None:
+        if len(rejoin.epoch) != EPOCH_LEN:
+            raise LocalProtocolError("a peer epoch is 16 bytes")
+        self._db.execute("INSERT OR IGNORE INTO peer_epochs (epoch) VALUES (?)", (rejoin.epoch,))
         row = self._db.execute(
-            "SELECT epoch, delivered_upto, chain, first_seq FROM peer_epochs"
-            " ORDER BY ord DESC LIMIT 1"
-        ).fetchone()
-        return None if row is None else PeerStream(*row)
+            "SELECT delivered_upto FROM peer_lanes WHERE epoch = ? AND lane = ?",
+            (rejoin.epoch, rejoin.lane)).fetchone()
+        if row is None:
+            self._db.execute(
+                "INSERT INTO peer_lanes (epoch, lane, first_seq, delivered_upto, chain)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (rejoin.epoch, rejoin.lane, rejoin.base_seq, rejoin.base_seq - 1, ZERO_HASH))
+            return
+        if rejoin.base_seq <= row[0] + 1:
+            return
+        self._db.execute(
+            "INSERT INTO gaps (direction, epoch, lane, first, last, reason, at)"
+            " VALUES ('in', ?, ?, ?, ?, ?, ?)",
+            (rejoin.epoch, rejoin.lane, row[0] + 1, rejoin.base_seq - 1, rejoin.reason,
+             int(time.time())))
+        self._db.execute(
+            "UPDATE peer_lanes SET delivered_upto = ?, chain = ? WHERE epoch = ? AND lane = ?",
+            (rejoin.base_seq - 1, ZERO_HASH, rejoin.epoch, rejoin.lane))
 
-    def peer_epochs(self) -> list[PeerStream]:
+    def _insert_incoming(self, records: Sequence[InRecord]) -> None:
+        delivered: dict[tuple[bytes, int], int] = {}
+        rows = []
+        for r in records:
+            key = (r.epoch, r.lane)
+            if key not in delivered:
+                delivered[key] = self._delivered(r.epoch, r.lane)
+            if r.seq <= delivered[key]:
+                continue  # a duplicate
+            if r.seq != delivered[key] + 1:
+                raise LocalProtocolError(
+                    f"incoming lane {r.lane} seq {r.seq} does not follow {delivered[key]}")
+            delivered[key] = r.seq
+            rows.append(r)
+        self._db.executemany(
+            "INSERT INTO incoming (epoch, lane, seq, raw, sig) VALUES (?, ?, ?, ?, ?)",
+            [(r.epoch, r.lane, r.seq, r.raw, r.sig) for r in rows])
+        last: dict[tuple[bytes, int], InRecord] = {(r.epoch, r.lane): r for r in rows}
+        self._db.executemany(
+            "UPDATE peer_lanes SET delivered_upto = ?, chain = ? WHERE epoch = ? AND lane = ?",
+            [(r.seq, chain_hash(r.raw), r.epoch, r.lane) for r in last.values()])
+
+    def _delivered(self, epoch: bytes, lane: int) -> int:
+        row = self._db.execute(
+            "SELECT delivered_upto FROM peer_lanes WHERE epoch = ? AND lane = ?",
+            (epoch, lane)).fetchone()
+        if row is None:
+            raise LocalProtocolError("incoming record of a peer lane never joined (Rejoin)")
+        upto: int = row[0]
+        return upto
+
+    def _set_acked(self, ack: AckRecord) -> None:
+        head = self._out_head(ack.epoch, ack.lane)[0]
+        if ack.upto > head:
+            raise LocalProtocolError(f"ack {ack.upto} is above our last seq {head}")
+        self._db.execute(
+            "INSERT INTO out_lanes (epoch, lane, acked_upto, acked_chain) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (epoch, lane) DO UPDATE SET acked_upto = excluded.acked_upto,"
+            " acked_chain = excluded.acked_chain WHERE excluded.acked_upto > acked_upto",
+            (ack.epoch, ack.lane, ack.upto, ack.chain))
+
+    def _insert_receipts(self, receipts: Sequence[ReceiptRecord]) -> list[ReceiptRecord]:
+        rejected = []
+        for r in receipts:
+            if self.chain_at(r.epoch, r.lane, r.upto) != r.chain:
+                rejected.append(r)
+                continue
+            self._db.execute(
+                "INSERT OR IGNORE INTO receipts (epoch, lane, upto, chain, raw, sig)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (r.epoch, r.lane, r.upto, r.chain, r.raw, r.sig))
+        return rejected
+
+    # --- reads for the CLI and the control socket -----------------------------------
+
+    def out_epochs(self) -> list[tuple[bytes, str]]:
+        """Our epochs, oldest first, with the reason each began."""
+        rows = self._db.execute("SELECT epoch, reason FROM out_epochs ORDER BY ord")
+        return [(bytes(e), r) for e, r in rows]
+
+    def out_lanes(self, epoch: bytes | None = None) -> list[LaneState]:
+        """Per lane of our ``epoch`` (default: current): the peer's ack."""
+        epoch = self.epoch if epoch is None else epoch
+        out = []
+        for lane in LANES:
+            row = self._db.execute(
+                "SELECT acked_upto, acked_chain FROM out_lanes WHERE epoch = ? AND lane = ?",
+                (epoch, lane)).fetchone() or (0, ZERO_HASH)
+            out.append(LaneState(epoch, lane, 1, row[0], row[1]))
+        return out
+
+    def out_head(self, lane: int, epoch: bytes | None = None) -> tuple[int, bytes]:
+        """(last seq, its chain hash) of our ``lane`` in ``epoch`` (default: current)."""
+        return self._out_head(self.epoch if epoch is None else epoch, lane)
+
+    def peer_epochs(self) -> list[bytes]:
         """Every peer epoch seen, oldest first."""
+        return [bytes(r[0]) for r in self._db.execute(
+            "SELECT epoch FROM peer_epochs ORDER BY ord")]
+
+    def peer_lanes(self, epoch: bytes) -> list[LaneState]:
+        """Per lane of the peer's ``epoch`` that we joined: how far it is stored."""
         rows = self._db.execute(
-            "SELECT epoch, delivered_upto, chain, first_seq FROM peer_epochs ORDER BY ord"
-        ).fetchall()
-        return [PeerStream(*row) for row in rows]
+            "SELECT lane, first_seq, delivered_upto, chain FROM peer_lanes WHERE epoch = ?"
+            " ORDER BY lane", (epoch,))
+        return [LaneState(epoch, *row) for row in rows]
 
-    def inbox_since(self, seq: int, limit: int = 1000) -> list[InRecord]:
-        """Delivered envelopes (no gap below) of the latest peer epoch with seq > ``seq``."""
-        stream = self.peer_stream()
-        if stream is None:
-            return []
+    def gaps(self) -> list[Gap]:
+        """Every gap recorded, oldest first."""
         rows = self._db.execute(
-            "SELECT epoch, seq, raw, sig FROM incoming WHERE epoch = ? AND seq > ?"
-            " AND seq <= ? ORDER BY seq LIMIT ?",
-            (stream.epoch, seq, stream.delivered_upto, limit)).fetchall()
-        return [InRecord(*row) for row in rows]
+            "SELECT direction, epoch, lane, first, last, reason FROM gaps ORDER BY id")
+        return [Gap(d, bytes(e), lane, f, la, r) for d, e, lane, f, la, r in rows]
 
-    def get_outgoing(self, seq: int) -> OutRecord | None:
-        """Our envelope ``seq``, or None."""
-        row = self._db.execute(
-            "SELECT seq, raw, sig FROM outgoing WHERE seq = ?", (seq,)).fetchone()
-        return None if row is None else OutRecord(*row)
+    def get_outgoing(self, lane: int, seq: int, epoch: bytes | None = None) -> OutRecord | None:
+        """Our envelope ``seq`` of ``lane`` in ``epoch`` (default: current), or None."""
+        records = self.read_outgoing(self.epoch if epoch is None else epoch, lane, seq - 1, 1)
+        return records[0] if records and records[0].seq == seq else None
 
-    def get_incoming(self, seq: int, epoch: bytes | None = None) -> InRecord | None:
-        """The peer's envelope ``seq`` in ``epoch`` (default: the latest peer epoch)."""
+    def get_incoming(self, lane: int, seq: int, epoch: bytes | None = None) -> InRecord | None:
+        """The peer's envelope ``seq`` of ``lane`` in ``epoch`` (default: the latest)."""
         if epoch is None:
-            stream = self.peer_stream()
-            if stream is None:
+            epochs = self.peer_epochs()
+            if not epochs:
                 return None
-            epoch = stream.epoch
+            epoch = epochs[-1]
         row = self._db.execute(
-            "SELECT epoch, seq, raw, sig FROM incoming WHERE epoch = ? AND seq = ?",
-            (epoch, seq)).fetchone()
-        return None if row is None else InRecord(*row)
+            "SELECT raw, sig FROM incoming WHERE epoch = ? AND lane = ? AND seq = ?",
+            (epoch, lane, seq)).fetchone()
+        return None if row is None else InRecord(epoch, lane, seq, row[0], row[1])
 
-    def iter_outgoing(self) -> Iterator[OutRecord]:
-        """All our envelopes in seq order (read page by page)."""
+    def inbox_after(self, cursor: int, limit: int = 1000) -> list[InboxEntry]:
+        """Delivered messages with inbox cursor above ``cursor``, in arrival order."""
+        rows = self._db.execute(
+            "SELECT n, epoch, lane, seq, raw, sig FROM incoming WHERE n > ? ORDER BY n LIMIT ?",
+            (cursor, limit)).fetchall()
+        return [InboxEntry(*row) for row in rows]
+
+    def inbox_cursor(self, lane: int, seq: int) -> int:
+        """The cursor just after message ``seq`` of ``lane`` in the peer's latest epoch
+        (``inbox --since``): its own ``n``, else that of the last message of that lane
+        at or below ``seq``, else 0 (from the beginning)."""
+        epochs = self.peer_epochs()
+        if not epochs or seq <= 0:
+            return 0
+        row = self._db.execute(
+            "SELECT n FROM incoming WHERE epoch = ? AND lane = ? AND seq <= ?"
+            " ORDER BY seq DESC LIMIT 1", (epochs[-1], lane, seq)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def operator_acked(self, ours: bool, epoch: bytes, lane: int, seq: int
+                       ) -> tuple[bytes, int, int] | None:
+        """The ack envelope (epoch, lane, seq) that acknowledged this message, or None."""
+        row = self._db.execute(
+            "SELECT ack_epoch, ack_lane, ack_seq FROM operator_acks"
+            " WHERE ours = ? AND epoch = ? AND lane = ? AND seq = ?",
+            (int(ours), epoch, lane, seq)).fetchone()
+        return None if row is None else (bytes(row[0]), row[1], row[2])
+
+    def iter_outgoing(self, epoch: bytes, lane: int) -> Iterator[OutRecord]:
+        """Our envelopes of one epoch and lane in seq order (read page by page)."""
+        last = 0
+        while rows := self.read_outgoing(epoch, lane, last, _PAGE):
+            yield from rows
+            last = rows[-1].seq
+
+    def iter_incoming(self, epoch: bytes, lane: int) -> Iterator[InRecord]:
+        """The peer's envelopes of one epoch and lane, seqs ascending."""
         last = 0
         while rows := self._db.execute(
-                "SELECT seq, raw, sig FROM outgoing WHERE seq > ? ORDER BY seq LIMIT ?",
-                (last, _PAGE)).fetchall():
-            yield from (OutRecord(*row) for row in rows)
+                "SELECT seq, raw, sig FROM incoming WHERE epoch = ? AND lane = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?", (epoch, lane, last, _PAGE)).fetchall():
+            yield from (InRecord(epoch, lane, *row) for row in rows)
             last = rows[-1][0]
-
-    def iter_incoming(self, epoch: bytes | None = None) -> Iterator[InRecord]:
-        """The peer's envelopes, seqs ascending: of ``epoch``, or of every epoch in the
-        order first seen (``epoch=None``)."""
-        epochs = [p.epoch for p in self.peer_epochs()] if epoch is None else [epoch]
-        for current in epochs:
-            last = 0
-            while rows := self._db.execute(
-                    "SELECT epoch, seq, raw, sig FROM incoming WHERE epoch = ? AND seq > ?"
-                    " ORDER BY seq LIMIT ?", (current, last, _PAGE)).fetchall():
-                yield from (InRecord(*row) for row in rows)
-                last = rows[-1][1]
 
     def iter_receipts(self) -> Iterator[ReceiptRecord]:
         """All stored receipts in the order received."""
         last = 0
         while rows := self._db.execute(
-                "SELECT id, epoch, upto, chain, raw, sig FROM receipts WHERE id > ?"
+                "SELECT id, epoch, lane, upto, chain, raw, sig FROM receipts WHERE id > ?"
                 " ORDER BY id LIMIT ?", (last, _PAGE)).fetchall():
             yield from (ReceiptRecord(*row[1:]) for row in rows)
             last = rows[-1][0]
 
-    # --- the one write path -------------------------------------------------------------
 
-    def apply(self, batch: Batch) -> None:
-        """Commit a whole batch in one transaction (one fsync), all or nothing.
-
-        Outgoing records must continue ``out_head()`` contiguously. Incoming records
-        already stored, or at or below the epoch's ``delivered_upto``, are ignored; a
-        record of an unseen peer epoch starts that epoch (its stream begins at the
-        lowest seq of that epoch in this batch, normally 1). ``acked_upto``
-        only ever grows. Receipts already stored for the same upto are ignored.
-
-        Raises:
-            LocalProtocolError: outgoing seqs not contiguous, or an ack above our head.
-            StoreError: the database failed (nothing of the batch is stored).
-        """
-        if not batch:
-            return
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._write(batch)
-            self._db.execute("COMMIT")
-        except BaseException as err:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if isinstance(err, sqlite3.Error):
-                raise StoreError(f"store {self.path}: write failed: {err}") from err
-            raise
-
-    def _write(self, batch: Batch) -> None:
-        self._insert_outgoing(batch.outgoing)
-        self._insert_incoming(batch.incoming)
-        if batch.acked_upto is not None:
-            self._set_acked(batch.acked_upto)
-        self._db.executemany(
-            "INSERT OR IGNORE INTO receipts (epoch, upto, chain, raw, sig)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(r.epoch, r.upto, r.chain, r.raw, r.sig) for r in batch.receipts])
-
-    def _insert_outgoing(self, records: Sequence[OutRecord]) -> None:
-        if not records:
-            return
-        head = self.out_head()[0]
-        for i, record in enumerate(records):
-            if record.seq != head + 1 + i:
-                raise LocalProtocolError(
-                    f"outgoing seq {record.seq} does not follow {head + i} contiguously")
-        self._db.executemany(
-            "INSERT INTO outgoing (seq, raw, sig, chain) VALUES (?, ?, ?, ?)",
-            [(r.seq, r.raw, r.sig, chain_hash(r.raw)) for r in records])
-
-    def _insert_incoming(self, records: Sequence[InRecord]) -> None:
-        by_epoch: dict[bytes, list[InRecord]] = {}
-        for record in records:
-            by_epoch.setdefault(record.epoch, []).append(record)
-        for epoch, group in by_epoch.items():
-            upto = self._ensure_peer_epoch(epoch, min(r.seq for r in group))
-            # At or below delivered_upto (or below the epoch's first seq): a duplicate.
-            self._db.executemany(
-                "INSERT OR IGNORE INTO incoming (epoch, seq, raw, sig) VALUES (?, ?, ?, ?)",
-                [(r.epoch, r.seq, r.raw, r.sig) for r in group if r.seq > upto])
-            self._advance_delivered(epoch, upto)
-
-    def _ensure_peer_epoch(self, epoch: bytes, first_seq: int) -> int:
-        """Create the epoch's row if new; return its delivered_upto."""
-        if len(epoch) != EPOCH_LEN:
-            raise LocalProtocolError("a peer epoch is 16 bytes")
-        self._db.execute(
-            "INSERT OR IGNORE INTO peer_epochs (epoch, first_seq, delivered_upto, chain)"
-            " VALUES (?, ?, ?, ?)", (epoch, first_seq, first_seq - 1, ZERO_HASH))
-        upto: int = self._db.execute(
-            "SELECT delivered_upto FROM peer_epochs WHERE epoch = ?", (epoch,)).fetchone()[0]
-        return upto
-
-    def _advance_delivered(self, epoch: bytes, upto: int) -> None:
-        """Move ``delivered_upto`` over every stored seq that now follows it without a gap."""
-        new = upto
-        while self._db.execute(
-                "SELECT 1 FROM incoming WHERE epoch = ? AND seq = ?", (epoch, new + 1)
-        ).fetchone() is not None:
-            new += 1
-        if new == upto:
-            return
-        raw = self._db.execute(
-            "SELECT raw FROM incoming WHERE epoch = ? AND seq = ?", (epoch, new)).fetchone()[0]
-        self._db.execute(
-            "UPDATE peer_epochs SET delivered_upto = ?, chain = ? WHERE epoch = ?",
-            (new, chain_hash(raw), epoch))
-
-    def _set_acked(self, upto: int) -> None:
-        head = self.out_head()[0]
-        if upto > head:
-            raise LocalProtocolError(f"ack {upto} is above our last seq {head}")
-        self._db.execute("UPDATE meta SET acked_upto = max(acked_upto, ?)", (upto,))
+def _runs(items: Sequence[InRecord | Rejoin]) -> Iterator[Rejoin | list[InRecord]]:
+    """Rejoins one by one, and the incoming records between them as lists, in order."""
+    run: list[InRecord] = []
+    for item in items:
+        if isinstance(item, Rejoin):
+            if run:
+                yield run
+                run = []
+            yield item
+        else:
+            run.append(item)
+    if run:
+        yield run
 
 
 # --- opening --------------------------------------------------------------------------
@@ -441,18 +596,22 @@ def _upgrade(db: sqlite3.Connection, path: Path) -> None:
             if version == SCHEMA_VERSION:
                 db.execute("COMMIT")
                 return
-            if version > SCHEMA_VERSION or version not in _MIGRATIONS:
+            if version > SCHEMA_VERSION or version not in MIGRATIONS:
                 db.execute("ROLLBACK")
                 raise StoreError(
                     f"store {path} has schema version {version}; this hotline knows "
                     f"versions up to {SCHEMA_VERSION} (upgrade hotline)")
-            _MIGRATIONS[version](db)
+            MIGRATIONS[version](db)
             db.execute(f"PRAGMA user_version = {version + 1}")
             db.execute("COMMIT")
     except sqlite3.Error as err:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise StoreError(f"store {path} is not a usable hotline store: {err}") from err
+
+
+def _fingerprint(raw: bytes) -> str:
+    return PublicKey.from_raw(raw).fingerprint()
 
 
 def _ensure_meta(
@@ -469,6 +628,8 @@ def _ensure_meta(
                 raise LocalProtocolError("rng returned the wrong number of bytes")
             db.execute("INSERT INTO meta (id, our_key, peer_key, epoch) VALUES (1, ?, ?, ?)",
                        (our_key, peer_key, epoch))
+            db.execute("INSERT INTO out_epochs (epoch, reason) VALUES (?, 'store created')",
+                       (epoch,))
             row = (our_key, peer_key, epoch)
         db.execute("COMMIT")
     except sqlite3.Error as err:

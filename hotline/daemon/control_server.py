@@ -1,11 +1,22 @@
 """The control socket: a Unix stream socket where local clients talk to the daemon.
 
 Each connection gets one task that decodes framed msgpack requests
-(``proto/control.py``) and turns them into runner inputs; replies go back in order.
-The socket file is mode 0660 so access is granted by owner and group (under systemd
-``PrivateUsers=`` every peer looks like uid 65534, so SO_PEERCRED cannot authorise;
-we only log the peer's uid). A client that sends garbage gets an error reply and is
-disconnected; it never affects the daemon.
+(``proto/control.py``) into the one request vocabulary (``proto/requests.py``) and
+hands them to the runner as ``ClientCall`` items; outcomes are encoded back at this
+edge only. The socket file is mode 0660 so access is granted by owner and group (under
+systemd ``PrivateUsers=`` every peer looks like uid 65534, so SO_PEERCRED cannot
+authorise; we only log the peer's uid). A client that sends garbage gets an error reply
+and is disconnected; it never affects the daemon.
+
+Plain sends are pipelined (``send --lines``): each goes to the runner at once and its
+reply is queued for a writer task, so the lines share group commits; replies stay in
+request order. Any other request first waits until every queued reply has gone out.
+An error reply ends the conversation, and the endpoint refuses every later send of it,
+so a pipelining client knows exactly which lines went in: those it was told.
+
+``inbox`` pages through the store (on the store thread) by inbox cursor — one order
+across the peer's epochs and lanes, so nothing is skipped when the peer's epoch
+changes — and with ``follow`` waits for the next commit that delivered something.
 """
 
 from __future__ import annotations
@@ -15,26 +26,44 @@ import errno
 import os
 import socket as stdsocket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from hotline.daemon import runner as rq
+from hotline.daemon.calls import ClientCall, ConversationClosed, Reply
 from hotline.daemon.logs import Logger
 from hotline.daemon.storeworker import StoreWorker
-from hotline.errors import AccessDeniedError, ConfigError, RemoteProtocolError
+from hotline.errors import (
+    AccessDeniedError,
+    ConfigError,
+    DaemonUnreachableError,
+    RemoteProtocolError,
+    UsageError,
+)
 from hotline.proto import control as ctl
-from hotline.store import InRecord, Store
+from hotline.proto.envelope import decode_envelope_untrusted
+from hotline.proto.lanes import NAMES, message_id
+from hotline.proto.requests import (
+    Acknowledged,
+    EndpointRequest,
+    EventsRequest,
+    InboxRequest,
+    Outcome,
+    Request,
+    SendRequest,
+    Stored,
+    WaitRequest,
+)
+from hotline.store import InboxEntry, Store
 
 _READ_SIZE = 65536
 _MAX_CLIENTS = 64
-# The longest a client may wait for an acknowledgement on one request.
-MAX_WAIT = 3600.0
 _EVENT_BACKLOG = 256
 # Send requests one connection may have in flight (pipelined) before we stop reading it.
 _PIPELINE = 256
+_Queued = Reply | trio.Event
 
 
 async def bind_control_socket(path: Path) -> trio.SocketListener:
@@ -75,72 +104,65 @@ def _remove_stale(path: Path) -> None:
 
 
 class ControlServer:
-    """Serves control clients for one runner (see the module header).
+    """Serves control clients for one runner (see the module header)."""
 
-    Replies go out in request order. After an error reply the connection is closed,
-    and the runner refuses every later send of that conversation, so a client that
-    pipelines (``send --lines``) knows exactly which lines went in: those it was told.
-    """
-
-    def __init__(self, runner: rq.Runner, store: StoreWorker, logger: Logger,
-                 log_uid: Any = None) -> None:
-        self._runner = runner
+    def __init__(self, submit: trio.MemorySendChannel[Any], store: StoreWorker,
+                 logger: Logger, log_uid: Callable[[int | None], None] | None = None) -> None:
+        self._submit = submit
         self._store = store
         self._logger = logger
         self._log_uid = log_uid
         self.clients = 0
         self.closing = False
         self._unwritten = 0  # accepted sends whose reply has not been written yet
+        self._all_written = trio.Event()
+        self._inbox_grew = trio.Event()
+
+    def inbox_changed(self) -> None:
+        """A commit delivered messages: wake ``inbox --follow`` readers."""
+        self._inbox_grew.set()
+        self._inbox_grew = trio.Event()
 
     async def serve(self, listener: trio.SocketListener) -> None:
         """Accept clients until cancelled."""
         await trio.serve_listeners(self._handle, [listener])
 
     async def quiesce(self) -> None:
-        """Refuse new requests; return once every accepted ``send`` has its reply written.
-
-        Call after the runner has committed what it holds (``Runner.drain``).
-        """
+        """Refuse new requests; return once every accepted send has its reply written."""
         self.closing = True
-        while self._unwritten:  # noqa: ASYNC110 - written by the connections' tasks
-            await trio.sleep(0.01)
+        while self._unwritten:
+            self._all_written = trio.Event()
+            await self._all_written.wait()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.clients += 1
+        conversation = object()
         try:
             if self._log_uid is not None:
                 self._log_uid(_peer_uid(stream))
             async with stream:
                 if self.clients > _MAX_CLIENTS:
-                    await stream.send_all(ctl.encode_reply(ctl.error_reply(
-                        f"too many control clients (over {_MAX_CLIENTS})", 3)))
+                    await _send_reply(stream, ctl.error_reply(
+                        DaemonUnreachableError, f"too many control clients (over {_MAX_CLIENTS})"))
                     return
-                await self._serve_client(stream)
+                await self._serve_client(stream, conversation)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             self.clients -= 1
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self._submit.send_nowait(ConversationClosed(conversation))
 
-    async def _serve_client(self, stream: trio.SocketStream) -> None:
-        """Read requests; plain sends are pipelined, everything else waits its turn.
-
-        A plain ``send`` goes to the runner at once and its reply is queued for the
-        writer task, so the lines of ``send --lines`` share group commits. Any other
-        request first waits until every queued reply has gone out (replies stay in
-        order), then is answered here. An error reply ends the conversation.
-        """
-        conversation = rq.Conversation()
-        queue_in, queue_out = trio.open_memory_channel[rq.Reply | trio.Event](_PIPELINE)
+    async def _serve_client(self, stream: trio.SocketStream, conversation: object) -> None:
+        queue_in, queue_out = trio.open_memory_channel[_Queued](_PIPELINE)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_queued, stream, queue_out, nursery.cancel_scope)
             await self._read_requests(stream, conversation, queue_in)
             await self._barrier(queue_in)
             nursery.cancel_scope.cancel()
 
-    async def _read_requests(
-        self, stream: trio.SocketStream, conversation: rq.Conversation,
-        queue: trio.MemorySendChannel[rq.Reply | trio.Event],
-    ) -> None:
+    async def _read_requests(self, stream: trio.SocketStream, conversation: object,
+                             queue: trio.MemorySendChannel[_Queued]) -> None:
         buffer = ctl.FrameBuffer()
         while True:
             data = await stream.receive_some(_READ_SIZE)
@@ -152,9 +174,10 @@ class ControlServer:
                     if self.closing:
                         await self._barrier(queue)
                         await _send_reply(stream, ctl.error_reply(
-                            "the daemon is shutting down; nothing was stored", 3))
+                            DaemonUnreachableError,
+                            "the daemon is shutting down; nothing was stored"))
                         return
-                    if isinstance(request, ctl.SendRequest) and not request.wait:
+                    if _pipelined(request):
                         await self._queue_send(request, conversation, queue)
                         continue
                     await self._barrier(queue)
@@ -162,26 +185,31 @@ class ControlServer:
                         return
             except RemoteProtocolError as err:
                 await self._barrier(queue)
-                await _send_reply(stream, ctl.error_reply(f"bad request: {err}", 2))
+                await _send_reply(stream, ctl.error_reply(UsageError, f"bad request: {err}"))
                 return
 
-    async def _submit_send(self, request: ctl.SendRequest,
-                           conversation: rq.Conversation) -> rq.Reply:
-        item = rq.SendRequest(request.bodies, request.type, rq.Reply(), conversation)
-        await self._runner.submit.send(item)
-        return item.reply
+    async def _call(self, request: EndpointRequest, conversation: object) -> Reply:
+        reply = Reply()
+        await self._submit.send(ClientCall(request, reply, conversation))
+        return reply
 
-    async def _queue_send(self, request: ctl.SendRequest, conversation: rq.Conversation,
-                          queue: trio.MemorySendChannel[rq.Reply | trio.Event]) -> None:
+    async def _queue_send(self, request: Request, conversation: object,
+                          queue: trio.MemorySendChannel[_Queued]) -> None:
+        assert isinstance(request, SendRequest)
         self._unwritten += 1
         try:
-            await queue.send(await self._submit_send(request, conversation))
+            await queue.send(await self._call(request, conversation))
         except BaseException:
-            self._unwritten -= 1
+            self._written(1)
             raise
 
+    def _written(self, count: int) -> None:
+        self._unwritten -= count
+        if not self._unwritten:
+            self._all_written.set()
+
     async def _write_queued(self, stream: trio.SocketStream,
-                            queue: trio.MemoryReceiveChannel[rq.Reply | trio.Event],
+                            queue: trio.MemoryReceiveChannel[_Queued],
                             scope: trio.CancelScope) -> None:
         """Write pipelined replies in order; end the conversation after an error."""
         try:
@@ -190,26 +218,26 @@ class ControlServer:
                     item.set()
                     continue
                 try:
-                    reply = await item.wait()
+                    reply = ctl.outcome_reply(await item.wait())
                     await _send_reply(stream, reply)
                 finally:
-                    self._unwritten -= 1
+                    self._written(1)
                 if not reply.get("ok"):
                     scope.cancel()
                     return
         finally:
-            self._unwritten -= _count_replies(queue)
+            self._written(_count_replies(queue))
             queue.close()
 
     @staticmethod
-    async def _barrier(queue: trio.MemorySendChannel[rq.Reply | trio.Event]) -> None:
+    async def _barrier(queue: trio.MemorySendChannel[_Queued]) -> None:
         """Return once every reply queued before now has been written."""
         done = trio.Event()
         await queue.send(done)
         await done.wait()
 
-    async def _reply_all(self, stream: trio.SocketStream, request: ctl.Request,
-                         conversation: rq.Conversation) -> bool:
+    async def _reply_all(self, stream: trio.SocketStream, request: Request,
+                         conversation: object) -> bool:
         """Answer one request in place; False if an error reply ended the conversation."""
         async for reply in self._answer(request, conversation):
             await _send_reply(stream, reply)
@@ -217,21 +245,38 @@ class ControlServer:
                 return False
         return True
 
-    async def _answer(self, request: ctl.Request, conversation: rq.Conversation
+    async def _answer(self, request: Request, conversation: object
                       ) -> AsyncIterator[dict[str, Any]]:
-        if isinstance(request, ctl.SendRequest):
+        if isinstance(request, SendRequest):
             async for reply in self._send(request, conversation):
                 yield reply
-        elif isinstance(request, ctl.WaitRequest):
-            yield await self._wait(request.upto, request.timeout, trio.current_time())
-        elif isinstance(request, ctl.StatusRequest):
-            yield await self._ask(rq.StatusRequest(rq.Reply()))
-        elif isinstance(request, ctl.InboxRequest):
+        elif isinstance(request, InboxRequest):
             async for reply in self._inbox(request):
                 yield reply
-        else:
+        elif isinstance(request, EventsRequest):
             async for reply in self._events():
                 yield reply
+        else:
+            started = trio.current_time()
+            outcome = await (await self._call(request, conversation)).wait()
+            yield _with_ack_ms(outcome, started)
+
+    async def _send(self, request: SendRequest, conversation: object
+                    ) -> AsyncIterator[dict[str, Any]]:
+        started = trio.current_time()
+        self._unwritten += 1
+        try:
+            outcome = await (await self._call(request, conversation)).wait()
+        finally:
+            self._written(1)
+        yield ctl.outcome_reply(outcome)
+        if not isinstance(outcome, Stored) or not outcome.ids:
+            return
+        lane = request.lane
+        seqs = [seq for id_lane, seq in outcome.ids if id_lane == lane]
+        wait = WaitRequest(lane, max(seqs), request.timeout, request.wait_operator,
+                           min(seqs))
+        yield _with_ack_ms(await (await self._call(wait, conversation)).wait(), started)
 
     async def _events(self) -> AsyncIterator[dict[str, Any]]:
         """Every log event as it happens; a client too slow to keep up misses some."""
@@ -248,51 +293,45 @@ class ControlServer:
         finally:
             remove()
 
-    async def _ask(self, item: rq.SendRequest | rq.WaitRequest | rq.StatusRequest
-                   ) -> dict[str, Any]:
-        await self._runner.submit.send(item)
-        return await item.reply.wait()
-
-    async def _send(self, request: ctl.SendRequest,
-                    conversation: rq.Conversation) -> AsyncIterator[dict[str, Any]]:
-        started = trio.current_time()
-        self._unwritten += 1
-        try:
-            reply = await (await self._submit_send(request, conversation)).wait()
-        finally:
-            self._unwritten -= 1
-        yield reply
-        seqs = reply.get("seqs")
-        if request.wait and reply.get("ok") and isinstance(seqs, list) and seqs:
-            yield await self._wait(max(seqs), None, started)
-
-    async def _wait(self, upto: int, limit: float | None, started: float) -> dict[str, Any]:
-        # No wait is unbounded: a client that left is noticed by MAX_WAIT at the latest.
-        limit = MAX_WAIT if limit is None else min(limit, MAX_WAIT)
-        reply = await self._ask(rq.WaitRequest(upto, trio.current_time() + limit, rq.Reply()))
-        if reply.get("ok"):
-            reply = {**reply, "ack_ms": (trio.current_time() - started) * 1000}
-        return reply
-
-    async def _inbox(self, request: ctl.InboxRequest) -> AsyncIterator[dict[str, Any]]:
-        epoch: bytes | None = None
-        since = request.since
+    async def _inbox(self, request: InboxRequest) -> AsyncIterator[dict[str, Any]]:
+        cursor = request.cursor
+        if request.since is not None:
+            cursor = await self._store.call(self._store.store.inbox_cursor, *request.since)
         while True:
-            delivered = self._runner.delivered
-            epoch, since, records = await self._store.call(_inbox_page, self._store.store,
-                                                           epoch, since)
-            for record in records:
-                since = record.seq
-                yield ctl.ok_reply(msg=_message(record.raw, record.seq))
-            if records:
+            grew = self._inbox_grew
+            entries = await self._store.call(Store.inbox_after, self._store.store, cursor)
+            for entry in entries:
+                cursor = entry.n
+                yield ctl.ok_reply(msg=inbox_message(entry))
+            if entries:
                 continue
             if not request.follow:
                 yield ctl.ok_reply(end=True)
                 return
-            await delivered.wait()
+            await grew.wait()
 
 
-def _count_replies(queue: trio.MemoryReceiveChannel[rq.Reply | trio.Event]) -> int:
+def _pipelined(request: Request) -> bool:
+    return isinstance(request, SendRequest) and not (request.wait or request.wait_operator)
+
+
+def _with_ack_ms(outcome: Outcome, started: float) -> dict[str, Any]:
+    reply = ctl.outcome_reply(outcome)
+    if isinstance(outcome, Acknowledged):
+        reply["ack_ms"] = (trio.current_time() - started) * 1000
+    return reply
+
+
+def inbox_message(entry: InboxEntry) -> dict[str, Any]:
+    """One inbox message as the control socket sends it."""
+    env = decode_envelope_untrusted(entry.raw, max_message=len(entry.raw))
+    return {"n": entry.n, "epoch": entry.epoch.hex(), "lane": entry.lane,
+            "precedence": NAMES[entry.lane], "seq": entry.seq,
+            "id": message_id(entry.lane, entry.seq), "ts": env.ts, "type": env.type,
+            "body": env.body}
+
+
+def _count_replies(queue: trio.MemoryReceiveChannel[_Queued]) -> int:
     """Replies still queued (never to be written): drained so quiesce can count them."""
     count = 0
     while True:
@@ -300,29 +339,11 @@ def _count_replies(queue: trio.MemoryReceiveChannel[rq.Reply | trio.Event]) -> i
             item = queue.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             return count
-        count += isinstance(item, rq.Reply)
+        count += isinstance(item, Reply)
 
 
 async def _send_reply(stream: trio.SocketStream, reply: dict[str, Any]) -> None:
     await stream.send_all(ctl.encode_reply(reply))
-
-
-def _inbox_page(store: Store, epoch: bytes | None, since: int
-                ) -> tuple[bytes | None, int, list[InRecord]]:
-    """The next messages of the peer's latest epoch; a new epoch restarts at seq 0."""
-    stream = store.peer_stream()
-    if stream is None:
-        return epoch, since, []
-    if epoch is not None and stream.epoch != epoch:
-        since = 0
-    return stream.epoch, since, store.inbox_since(since)
-
-
-def _message(raw: bytes, seq: int) -> dict[str, Any]:
-    from hotline.proto.envelope import decode_envelope_untrusted
-
-    env = decode_envelope_untrusted(raw, max_message=len(raw))
-    return {"seq": seq, "ts": env.ts, "type": env.type, "body": env.body}
 
 
 def _peer_uid(stream: trio.SocketStream) -> int | None:

@@ -44,17 +44,18 @@ import os
 import re
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 from hotline.daemon.unixdgram import UnixDatagramSender
-from hotline.errors import DecodeError
+from hotline.proto.notices import CRIT, DEBUG, ERR, INFO, NOTICE, WARNING
+from hotline.proto.status import LinkSnapshot
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 SYSLOG_IDENTIFIER = "hotline"
 
-CRIT, ERR, WARNING, NOTICE, INFO, DEBUG = 2, 3, 4, 5, 6, 7
+__all__ = ["CRIT", "DEBUG", "ERR", "INFO", "NOTICE", "WARNING", "Logger"]
 
 MESSAGE_IDS: dict[str, str] = {
     "heartbeat": "37e8be07f86f4db3a513ca792e2118eb",
@@ -72,97 +73,6 @@ MESSAGE_IDS: dict[str, str] = {
 LinkState = Literal["up", "degraded", "down"]
 LogFormat = Literal["text", "json"]
 Sink = Callable[[dict[str, Any]], None]
-
-
-# --- snapshots ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PathSnapshot:
-    """One path as the runner sees it now."""
-
-    url: str
-    state: str  # "up" | "down"
-    rtt_ms: float | None = None  # smoothed RTT; None before the first PONG
-    last_heard_s: float | None = None  # seconds since the last authenticated packet
-
-
-@dataclass(frozen=True)
-class LinkSnapshot:
-    """The link's state: the heartbeat line and the ``status --json`` object (§5, §6)."""
-
-    peer: str
-    state: str  # "up" | "degraded" | "down"
-    active: str | None  # URL of the primary path, None when no path is up
-    paths: Sequence[PathSnapshot] = ()
-    out_seq: int = 0  # last seq we sent
-    acked: int = 0  # peer's cumulative ack of our stream
-    in_seq: int = 0  # last seq delivered to our inbox
-    backlog: int = 0  # our messages not yet acknowledged
-    skew_ms: float | None = None  # peer's clock minus ours
-    session_age_s: float | None = None
-    dropped: Mapping[str, int] = field(default_factory=dict)  # refused packets, by kind
-
-    @property
-    def rtt_ms(self) -> float | None:
-        """RTT of the active path, if known."""
-        return next((p.rtt_ms for p in self.paths if p.url == self.active), None)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The DESIGN §6 ``status --json`` object."""
-        return {
-            "peer": self.peer, "state": self.state, "active": self.active,
-            "rtt_ms": self.rtt_ms,
-            "paths": [
-                {"url": p.url, "state": p.state, "rtt_ms": p.rtt_ms,
-                 "last_heard_s": p.last_heard_s}
-                for p in self.paths
-            ],
-            "out_seq": self.out_seq, "acked": self.acked, "in_seq": self.in_seq,
-            "backlog": self.backlog, "skew_ms": self.skew_ms,
-            "session_age_s": self.session_age_s, "dropped": dict(self.dropped),
-        }
-
-    @classmethod
-    def from_json_dict_untrusted(cls, d: Mapping[str, Any]) -> LinkSnapshot:
-        """Rebuild from ``to_json_dict()`` output (as a client receives it).
-
-        Raises:
-            DecodeError: a missing or mistyped key.
-        """
-        try:
-            paths = tuple(
-                PathSnapshot(_s(p["url"]), _s(p["state"]), _num(p.get("rtt_ms")),
-                             _num(p.get("last_heard_s")))
-                for p in d["paths"]
-            )
-            return cls(
-                _s(d["peer"]), _s(d["state"]), None if d["active"] is None else _s(d["active"]),
-                paths, _int(d["out_seq"]), _int(d["acked"]), _int(d["in_seq"]),
-                _int(d["backlog"]), _num(d.get("skew_ms")), _num(d.get("session_age_s")),
-                {_s(k): _int(v) for k, v in dict(d.get("dropped", {})).items()})
-        except (KeyError, TypeError, AttributeError) as err:
-            raise DecodeError(f"bad status object: {err!r}") from err
-
-
-def _s(v: object) -> str:
-    if not isinstance(v, str):
-        raise TypeError("expected a string")
-    return v
-
-
-def _int(v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError("expected an integer")
-    return v
-
-
-def _num(v: object) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise TypeError("expected a number")
-    return float(v)
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -387,28 +297,3 @@ class Logger:
             self.stream.flush()
         except (OSError, ValueError):
             pass  # a closed or broken log stream must not stop the link
-
-
-# --- when to log a heartbeat ----------------------------------------------------------
-
-
-class HeartbeatSchedule:
-    """Decides when the heartbeat line is due: every ``log_every`` s and on any change.
-
-    A change is a different link state, active path, or set of path states (DESIGN §5).
-    Sans-IO: the caller passes ``now`` (monotonic seconds).
-    """
-
-    def __init__(self, log_every: float) -> None:
-        self._every = log_every
-        self._last_at: float | None = None
-        self._last_shape: tuple[object, ...] | None = None
-
-    def due(self, snap: LinkSnapshot, now: float) -> bool:
-        """True if the line should be logged now; records it as logged if so."""
-        shape = (snap.state, snap.active, tuple((p.url, p.state) for p in snap.paths))
-        if (self._last_at is not None and shape == self._last_shape
-                and now - self._last_at < self._every):
-            return False
-        self._last_at, self._last_shape = now, shape
-        return True

@@ -1,45 +1,35 @@
 """The store worker: one dedicated thread that owns the SQLite store, off the event loop.
 
-Every store call — the runner's group commits and the control socket's reads — runs
-on this one thread, in submission order, so fsync never blocks the trio loop and the
+Every store call — the endpoint's jobs (group commits, window reads, id lookups) and
+the control socket's reads — runs on this one thread, in submission order, so fsync
+never blocks the trio loop, a read submitted after a commit sees it, and the
 connection is only ever used by one thread at a time. Jobs go in through a
 ``queue.SimpleQueue`` (no task hop on the way in); results come back with
-``TrioToken.run_sync_soon`` straight into the runner's input channel (no task hop on
-the way out). That keeps a durable send→ack to two fsyncs plus little else.
+``TrioToken.run_sync_soon`` straight into the runner's input channel as ``StoreDone``
+or ``StoreFailed`` (no task hop on the way out).
 
-The runner submits a batch only when the previous one has committed, and everything
-that arrived in between is the next batch: a group commit whose size follows the load.
-A commit failure (disk full, I/O error) is fatal: ``run`` raises it and the daemon
-stops, rather than answer clients falsely.
+A failing job (disk full, I/O error) is reported, never fatal: the endpoint refuses
+what it cannot store and the daemon stays up until space returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
-from hotline.store import Batch, Store
-
-if TYPE_CHECKING:
-    from hotline.daemon.runner import Reply
+from hotline.daemon.calls import StoreDone, StoreFailed
+from hotline.proto.records import StoreJob
+from hotline.store import Store
 
 T = TypeVar("T")
 # A job's result: (value, None) or (None, the exception it raised).
 _Result = tuple[Any, BaseException | None]
 _Job = tuple[Callable[[], Any], Callable[[_Result], None]]
-
-
-@dataclass
-class Committed:
-    """A batch is durable; ``replies`` are the send requests it answers (with their seqs)."""
-
-    batch: Batch
-    replies: list[tuple[Reply, list[int]]]
 
 
 class StoreWorker:
@@ -49,21 +39,17 @@ class StoreWorker:
         self.store = store
         self._done = done
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._failed = trio.Event()
-        self._failure: BaseException | None = None
-        self.commits = 0
 
-    def submit(self, batch: Batch, replies: list[tuple[Reply, list[int]]]) -> None:
-        """Queue a batch for commit; a ``Committed`` goes to the runner when it is durable."""
+    def submit(self, job: StoreJob) -> None:
+        """Run an endpoint job; its ``StoreDone``/``StoreFailed`` goes to the runner."""
 
         def finished(result: _Result) -> None:
-            if result[1] is not None:
-                self._fail(result[1])
-                return
-            self.commits += 1
-            self._done.send_nowait(Committed(batch, replies))
+            value, error = result
+            item = StoreDone(job, value) if error is None else StoreFailed(job, _line(error))
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self._done.send_nowait(item)  # closed: the runner is gone, shutting down
 
-        self._jobs.put((lambda: self.store.apply(batch), finished))
+        self._jobs.put((lambda: self.store.execute(job), finished))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store function on the store's thread, after everything queued before it."""
@@ -83,15 +69,13 @@ class StoreWorker:
         return result
 
     async def run(self) -> None:
-        """Run the store thread until cancelled; raise if a commit failed."""
+        """Run the store thread until cancelled."""
         token = trio.lowlevel.current_trio_token()
         thread = threading.Thread(target=self._serve, args=(token,), name="hotline-store",
                                   daemon=True)
         thread.start()
         try:
-            await self._failed.wait()
-            assert self._failure is not None
-            raise self._failure
+            await trio.sleep_forever()
         finally:
             # Let the thread finish what it holds before the store is closed (shielded:
             # this runs while the daemon is being cancelled).
@@ -104,13 +88,14 @@ class StoreWorker:
             fn, finished = job
             try:
                 result: _Result = (fn(), None)
-            except BaseException as error:  # handed to the event loop, which raises it
+            except Exception as error:  # handed to the event loop as a failed job
                 result = (None, error)
             try:
                 token.run_sync_soon(finished, result)
             except trio.RunFinishedError:
                 return
 
-    def _fail(self, error: BaseException) -> None:
-        self._failure = error
-        self._failed.set()
+
+def _line(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -17,11 +17,12 @@ client is never left without the answer to a message that was stored.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import trio
 
@@ -29,15 +30,15 @@ from hotline.config import Config
 from hotline.daemon.control_server import ControlServer, bind_control_socket
 from hotline.daemon.logs import NOTICE, Logger
 from hotline.daemon.notify import Notifier
-from hotline.daemon.runner import Runner
+from hotline.daemon.runner import Runner, RunnerInput
 from hotline.daemon.storeworker import StoreWorker
 from hotline.errors import ConfigError
 from hotline.keyfile import load_identity
+from hotline.proto.endpoint import Endpoint, EndpointSettings
 from hotline.proto.identity import Identity, PublicKey
-from hotline.proto.link import Link, LinkSettings, PathSpec, StreamState
-from hotline.proto.sequencer import Sequencer
-from hotline.store import OutRecord, Store
-from hotline.transport.events import PathTransport, TransportEvent
+from hotline.proto.link import LinkSettings, PathSpec
+from hotline.store import Store
+from hotline.transport.events import PathTransport
 from hotline.transport.tcp import TcpListener, TcpPath
 from hotline.transport.udp import UdpEndpoint
 
@@ -49,6 +50,8 @@ TCP_QUEUE_PACKETS = 8192
 # Test-only fault injection: the runner stops turning after this many seconds, so the
 # watchdog test can prove WATCHDOG=1 stops while the rest of the process is healthy.
 WEDGE_ENV = "HOTLINE_FAULT_WEDGE_RUNNER_AFTER"
+# Unacknowledged messages per lane read at start-up (the rest is read as acks arrive).
+RESUME_WINDOW = 2048
 
 
 def load_keys(config: Config) -> tuple[Identity, PublicKey]:
@@ -87,25 +90,25 @@ async def run_daemon(config: Config, logger: Logger, notifier: Notifier) -> None
         await trio.to_thread.run_sync(store.close)
 
 
+def endpoint_settings(config: Config) -> EndpointSettings:
+    """The endpoint's tunables from the config."""
+    return EndpointSettings(link=link_settings(config), peer_name=config.peer_name,
+                            log_every=config.log_every, max_backlog=config.max_backlog)
+
+
 async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Identity,
                peer: PublicKey, store: Store) -> None:
-    now = trio.current_time()
-    unacked = store.unacked()
-    streams = _stream_state(store, unacked)
-    link = Link(identity, peer, [PathSpec(p.url, p.scheme) for p in config.peer_paths],
-                link_settings(config), streams, os.urandom, now, time.time_ns())
-    last_seq, last_chain = store.out_head()
-    sequencer = Sequencer(identity, peer, store.epoch, last_seq, last_chain, config.max_message)
+    resume = await trio.to_thread.run_sync(store.resume, RESUME_WINDOW)
+    endpoint = Endpoint(identity, peer, [PathSpec(p.url, p.scheme) for p in config.peer_paths],
+                        endpoint_settings(config), resume, os.urandom, trio.current_time(),
+                        time.time_ns())
+    submit, inputs = trio.open_memory_channel[RunnerInput](math.inf)
+    worker = StoreWorker(store, submit)
     transports: dict[int, PathTransport] = {}
-    runner = Runner(link, sequencer, cast(Any, None), transports, logger, notifier,
-                    config.peer_name, config.log_every, streams.out_acked,
-                    streams.in_state[1] if streams.in_state else 0,
-                    [(r.seq, len(r.raw)) for r in unacked],
-                    config.max_backlog)
-    worker = StoreWorker(store, runner.submit)
-    runner.attach_store(worker)
-    events = cast("trio.MemorySendChannel[TransportEvent]", runner.submit)
-    tcp_paths, udp = _make_transports(config, events, transports)
+    tcp_paths, udp = _make_transports(config, submit, transports)
+    control = ControlServer(submit, worker, logger, _uid_logger(logger))
+    runner = Runner(endpoint, inputs, worker, transports, logger, notifier,
+                    inbox_changed=control.inbox_changed)
     control_listener = await bind_control_socket(config.control)
     async with trio.open_nursery() as nursery:
         for spec in config.listen:
@@ -117,7 +120,6 @@ async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Ide
         nursery.start_soon(runner.run)
         for path in tcp_paths:
             nursery.start_soon(path.run)
-        control = ControlServer(runner, worker, logger, _uid_logger(logger))
         control_scope = trio.CancelScope()
         nursery.start_soon(_serve_control, control, control_listener, control_scope)
         nursery.start_soon(_watchdog, notifier, runner, config.heartbeat)
@@ -140,7 +142,7 @@ async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Ide
 
 
 def _make_transports(
-    config: Config, events: trio.MemorySendChannel[TransportEvent],
+    config: Config, events: trio.MemorySendChannel[Any],
     transports: dict[int, PathTransport],
 ) -> tuple[list[TcpPath], UdpEndpoint]:
     udp = UdpEndpoint(events)
@@ -153,16 +155,6 @@ def _make_transports(
         else:
             transports[path_id] = udp.add_path(path_id, spec.host, spec.port)
     return tcp_paths, udp
-
-
-def _stream_state(store: Store, unacked: list[OutRecord]) -> StreamState:
-    peer = store.peer_stream()
-    return StreamState(
-        out_epoch=store.epoch,
-        out_acked=store.acked_upto(),
-        out_unacked=[(r.seq, r.raw, r.sig) for r in unacked],
-        in_state=None if peer is None else (peer.epoch, peer.delivered_upto, peer.chain),
-    )
 
 
 async def _serve_control(control: ControlServer, listener: trio.SocketListener,

@@ -2,32 +2,40 @@
 
 A control connection is a Unix stream socket carrying **frames**: a 4-byte
 big-endian length, then that many bytes of one msgpack **map** with string keys.
-The client sends requests; the daemon answers each with one or more replies.
+The client sends requests; the daemon answers each with one or more replies. Requests
+decode into the one request vocabulary (``requests.py``); the daemon's outcomes are
+encoded here, at the socket edge, and nowhere else.
 
 Requests (``op`` selects the kind; every field is type-checked on decode)::
 
-    {"op": "send",   "type": str, "bodies": [bin, ...], "wait": bool}
-    {"op": "wait",   "upto": int, "timeout": float | nil}
+    {"op": "send", "type": str, "bodies": [bin, ...], "lane": 0..3, "ids": [str, ...],
+     "wait": bool, "wait_operator": bool, "timeout": float | nil}
+    {"op": "wait", "lane": 0..3, "upto": int, "timeout": float | nil,
+     "operator": bool, "first": int}
     {"op": "status"}
-    {"op": "inbox",  "since": int, "follow": bool}
+    {"op": "inbox", "cursor": int, "since": [lane, seq] | nil, "follow": bool,
+     "pending": bool}
     {"op": "events"}
+    {"op": "ack", "ids": [[lane, seq], ...], "comment": str}
+    {"op": "drill"}
 
-Replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": str, "code": int}``
-(``code`` is the exit code the CLI should use, DESIGN §6). Per request:
+Replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": str, "kind": str,
+"code": int}`` (``kind`` names the ``errors.py`` class, which fixes the exit code;
+``code`` is that code, for scripts). Per request:
 
-* ``send``: after the envelopes are committed, ``{"ok": true, "seqs": [int, ...]}``.
-  With ``"wait": true`` a second reply follows once the peer acknowledged the last
-  of them: ``{"ok": true, "acked": int, "ack_ms": float}`` (no timeout: the client
-  gives up by closing the connection, or uses the ``wait`` op instead).
-* ``wait``: ``{"ok": true, "acked": int, "ack_ms": float}`` once our cumulative ack
-  reaches ``upto``, or ``{"ok": false, "code": 75, ...}`` after ``timeout`` seconds.
-* ``status``: ``{"ok": true, "status": {...}}`` with the DESIGN §6 ``status --json``
-  keys (``hotline.daemon.logs.LinkSnapshot.to_json_dict``).
-* ``inbox``: one ``{"ok": true, "msg": {"seq", "ts", "type", "body": bin}}`` per
-  received message above ``since``, in order; without ``follow`` then
-  ``{"ok": true, "end": true}``; with ``follow`` it never ends (close to stop).
+* ``send``: after the envelopes are committed, ``{"ok": true, "ids": [[lane, seq], ...]}``.
+  With ``wait``/``wait_operator`` a second reply follows once the peer (its operator)
+  acknowledged the last of them: ``{"ok": true, "lane": int, "acked": int,
+  "ack_ms": float}``, or an error reply after ``timeout``.
+* ``wait``: the same second reply on its own.
+* ``status``: ``{"ok": true, "status": {...}}``, the ``status --json`` object
+  (``proto/status.py``).
+* ``inbox``: one ``{"ok": true, "msg": {...}}`` per received message after the
+  cursor, in order; without ``follow`` then ``{"ok": true, "end": true}``; with
+  ``follow`` it never ends (close to stop).
 * ``events``: a stream of ``{"ok": true, "event": {...}}`` (the daemon's log events
   as JSON objects), until the client closes.
+* ``ack``: ``{"ok": true, "ids": [[lane, seq], ...]}``: our ack envelopes, stored.
 
 Untrusted side: both ends decode with msgpack limits (nothing larger than the frame),
 ``strict_map_key=True``, ext types refused, then a schema check. The functions
@@ -38,57 +46,36 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
 
-from hotline.errors import DecodeError, LimitError, LocalProtocolError
+from hotline.errors import DecodeError, LimitError, LocalProtocolError, UserError
 from hotline.proto.envelope import is_media_type
+from hotline.proto.lanes import LANES, MAX_SEQ
+from hotline.proto.requests import (
+    MAX_SEND_ID,
+    Acknowledged,
+    DrillRequest,
+    EventsRequest,
+    InboxRequest,
+    OperatorAckRequest,
+    Outcome,
+    Refused,
+    Request,
+    SendRequest,
+    StatusReport,
+    StatusRequest,
+    Stored,
+    WaitRequest,
+)
 
 MAX_FRAME = (1 << 20) + 4096  # one max_message (≤ 1 MiB) body plus the map around it
 MAX_ITEMS = 4096  # max array/map length anywhere in a frame
 MAX_TYPE_LEN = 255  # media type string length
+MAX_COMMENT = 1024
 _HEADER = struct.Struct(">I")
-
-
-@dataclass(frozen=True)
-class SendRequest:
-    """Store these bodies as messages of ``type`` (one envelope each) and send them."""
-
-    type: str
-    bodies: tuple[bytes, ...]
-    wait: bool = False
-
-
-@dataclass(frozen=True)
-class WaitRequest:
-    """Answer once everything up to ``upto`` is acknowledged, or after ``timeout`` s."""
-
-    upto: int
-    timeout: float | None = None
-
-
-@dataclass(frozen=True)
-class StatusRequest:
-    """The link's state as a ``status --json`` object."""
-
-
-@dataclass(frozen=True)
-class InboxRequest:
-    """Received messages with seq above ``since``; keep streaming if ``follow``."""
-
-    since: int = 0
-    follow: bool = False
-
-
-@dataclass(frozen=True)
-class EventsRequest:
-    """Stream the daemon's log events."""
-
-
-Request = SendRequest | WaitRequest | StatusRequest | InboxRequest | EventsRequest
 
 
 # --- framing --------------------------------------------------------------------------
@@ -148,13 +135,22 @@ def encode_request(req: Request) -> bytes:
 
 def _request_map(req: Request) -> dict[str, Any]:
     if isinstance(req, SendRequest):
-        return {"op": "send", "type": req.type, "bodies": list(req.bodies), "wait": req.wait}
+        return {"op": "send", "type": req.type, "bodies": list(req.bodies), "lane": req.lane,
+                "ids": list(req.send_ids), "wait": req.wait,
+                "wait_operator": req.wait_operator, "timeout": req.timeout}
     if isinstance(req, WaitRequest):
-        return {"op": "wait", "upto": req.upto, "timeout": req.timeout}
+        return {"op": "wait", "lane": req.lane, "upto": req.upto, "timeout": req.timeout,
+                "operator": req.operator, "first": req.first}
     if isinstance(req, InboxRequest):
-        return {"op": "inbox", "since": req.since, "follow": req.follow}
+        return {"op": "inbox", "cursor": req.cursor,
+                "since": None if req.since is None else list(req.since),
+                "follow": req.follow, "pending": req.pending}
+    if isinstance(req, OperatorAckRequest):
+        return {"op": "ack", "ids": [list(i) for i in req.ids], "comment": req.comment}
     if isinstance(req, StatusRequest):
         return {"op": "status"}
+    if isinstance(req, DrillRequest):
+        return {"op": "drill"}
     return {"op": "events"}
 
 
@@ -168,22 +164,59 @@ def decode_request_untrusted(payload: bytes) -> Request:
     """
     m = _unpack_map_untrusted(payload)
     op = m.get("op")
-    if op == "send":
-        _fields(m, {"op", "type", "bodies", "wait"})
-        return SendRequest(_media_type(m["type"]), _bodies(m["bodies"]), _bool(m, "wait"))
-    if op == "wait":
-        _fields(m, {"op", "upto", "timeout"})
-        return WaitRequest(_seq(m, "upto"), _timeout(m["timeout"]))
-    if op == "inbox":
-        _fields(m, {"op", "since", "follow"})
-        return InboxRequest(_seq(m, "since"), _bool(m, "follow"))
-    if op == "status":
+    decoder = _DECODERS.get(op) if isinstance(op, str) else None
+    if decoder is None:
+        raise DecodeError(f"unknown control op {str(op)[:40]!r}")
+    return decoder(m)
+
+
+def _send(m: Mapping[str, Any]) -> SendRequest:
+    _fields(m, {"op", "type", "bodies", "lane", "ids", "wait", "wait_operator", "timeout"})
+    bodies = _bodies(m["bodies"])
+    ids = _send_ids(m["ids"])
+    if ids and len(ids) != len(bodies):
+        raise DecodeError("control field 'ids' must hold one id per body, or none")
+    return SendRequest(_media_type(m["type"]), bodies, _lane(m["lane"]), ids,
+                       _bool(m, "wait"), _bool(m, "wait_operator"), _timeout(m["timeout"]))
+
+
+def _wait(m: Mapping[str, Any]) -> WaitRequest:
+    _fields(m, {"op", "lane", "upto", "timeout", "operator", "first"})
+    return WaitRequest(_lane(m["lane"]), _seq(m, "upto"), _timeout(m["timeout"]),
+                       _bool(m, "operator"), _seq(m, "first"))
+
+
+def _inbox(m: Mapping[str, Any]) -> InboxRequest:
+    _fields(m, {"op", "cursor", "since", "follow", "pending"})
+    since = None if m["since"] is None else _message_id(m["since"])
+    return InboxRequest(_seq(m, "cursor"), since, _bool(m, "follow"), _bool(m, "pending"))
+
+
+def _ack(m: Mapping[str, Any]) -> OperatorAckRequest:
+    _fields(m, {"op", "ids", "comment"})
+    ids = m["ids"]
+    if not isinstance(ids, tuple) or not ids:
+        raise DecodeError("control field 'ids' must be a non-empty array")
+    comment = m["comment"]
+    if not isinstance(comment, str) or len(comment.encode()) > MAX_COMMENT:
+        raise DecodeError(f"control field 'comment' must be a string of at most "
+                          f"{MAX_COMMENT} bytes")
+    return OperatorAckRequest(tuple(_message_id(i) for i in ids), comment)
+
+
+def _bare(cls: type[StatusRequest] | type[EventsRequest] | type[DrillRequest]
+          ) -> Callable[[Mapping[str, Any]], Request]:
+    def decode(m: Mapping[str, Any]) -> Request:
         _fields(m, {"op"})
-        return StatusRequest()
-    if op == "events":
-        _fields(m, {"op"})
-        return EventsRequest()
-    raise DecodeError(f"unknown control op {str(op)[:40]!r}")
+        return cls()
+
+    return decode
+
+
+_DECODERS: dict[str, Callable[[Mapping[str, Any]], Request]] = {
+    "send": _send, "wait": _wait, "inbox": _inbox, "ack": _ack,
+    "status": _bare(StatusRequest), "events": _bare(EventsRequest), "drill": _bare(DrillRequest),
+}
 
 
 def _fields(m: Mapping[str, Any], want: set[str]) -> None:
@@ -201,8 +234,32 @@ def _bool(m: Mapping[str, Any], key: str) -> bool:
 
 def _seq(m: Mapping[str, Any], key: str) -> int:
     value = m[key]
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
         raise DecodeError(f"control field {key!r} must be an integer in 0..2^63-1")
+    return value
+
+
+def _lane(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in LANES:
+        raise DecodeError("control field 'lane' must be 0 (flash) .. 3 (routine)")
+    return value
+
+
+def _message_id(value: object) -> tuple[int, int]:
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise DecodeError("a message id must be a [lane, seq] pair")
+    lane, seq = _lane(value[0]), value[1]
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
+        raise DecodeError("a message id's seq must be an integer in 1..2^63-1")
+    return lane, seq
+
+
+def _send_ids(value: object) -> tuple[str, ...]:
+    if not isinstance(value, tuple):
+        raise DecodeError("control field 'ids' must be an array")
+    for item in value:
+        if not isinstance(item, str) or not 0 < len(item.encode()) <= MAX_SEND_ID:
+            raise DecodeError(f"a send id must be a string of 1..{MAX_SEND_ID} bytes")
     return value
 
 
@@ -241,9 +298,21 @@ def ok_reply(**fields: Any) -> dict[str, Any]:
     return {"ok": True, **fields}
 
 
-def error_reply(error: str, code: int) -> dict[str, Any]:
-    """``{"ok": false, "error": error, "code": code}`` (code: the CLI's exit code)."""
-    return {"ok": False, "error": error, "code": code}
+def error_reply(error: type[UserError], message: str) -> dict[str, Any]:
+    """``{"ok": false, "error": message, "kind": name, "code": exit code}``."""
+    return {"ok": False, "error": message, "kind": error.__name__, "code": error.exit_code}
+
+
+def outcome_reply(outcome: Outcome) -> dict[str, Any]:
+    """The reply map for an endpoint outcome (the only place outcomes become bytes)."""
+    if isinstance(outcome, Stored):
+        return ok_reply(ids=[list(i) for i in outcome.ids])
+    if isinstance(outcome, Acknowledged):
+        return ok_reply(lane=outcome.lane, acked=outcome.upto)
+    if isinstance(outcome, StatusReport):
+        return ok_reply(status=outcome.status.to_json_dict())
+    assert isinstance(outcome, Refused)
+    return error_reply(outcome.error, outcome.message)
 
 
 def encode_reply(reply: Mapping[str, Any]) -> bytes:
@@ -271,11 +340,9 @@ def decode_reply_untrusted(payload: bytes) -> dict[str, Any]:
     if not isinstance(ok, bool):
         raise DecodeError("control reply without a boolean 'ok'")
     if not ok:
-        error, code = m.get("error"), m.get("code")
-        if not isinstance(error, str):
-            raise DecodeError("control error reply without a string 'error'")
-        if isinstance(code, bool) or not isinstance(code, int) or not 0 < code < 256:
-            raise DecodeError("control error reply without an exit 'code' in 1..255")
+        error, kind = m.get("error"), m.get("kind")
+        if not isinstance(error, str) or not isinstance(kind, str):
+            raise DecodeError("control error reply without a string 'error' and 'kind'")
     return m
 
 

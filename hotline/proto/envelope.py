@@ -1,20 +1,29 @@
-"""The signed envelope and signed receipts (DESIGN §4, a **contract**).
+"""The signed envelope and signed receipts (DESIGN §4 and §9, a **contract**).
 
-An envelope is one message in one direction, as a msgpack array::
+An envelope is one message in one direction, as a msgpack array. Version 2 (what we
+write) names the precedence lane (``lanes.py``: 0 = flash … 3 = routine)::
 
-    [v=1, epoch(16B bin), from(32B bin), to(32B bin), seq(int >= 1), ts(int ns),
-     prev(32B bin), type(str, <= 64 chars, a media type), body(bin <= max_message)]
+    [v=2, epoch(16B bin), from(32B bin), to(32B bin), lane(int 0..3), seq(int >= 1),
+     ts(int ns), prev(32B bin), type(str, <= 64 chars, a media type), body(bin)]
+
+Version 1, written by the first release and still read (stores keep their exact
+signed bytes), has no lane and is routine::
+
+    [v=1, epoch, from, to, seq, ts, prev, type, body]
 
 ``prev`` is ``chain_hash`` (SHA-256) of the previous envelope's exact bytes in that
-direction and epoch (32 zero bytes for seq 1), so a transcript is a hash chain. The bytes
-are signed, sent and stored exactly as encoded: nothing is ever re-encoded, and
-``Envelope.raw`` keeps the exact bytes a decoded envelope came from.
+direction, epoch and lane (32 zero bytes for seq 1), so each lane of a transcript is a
+hash chain. The bytes are signed, sent and stored exactly as encoded: nothing is ever
+re-encoded, and ``Envelope.raw`` keeps the exact bytes a decoded envelope came from.
 
-A receipt is ``[sender(32B), recipient(32B), upto(int >= 1), chain(32B)]``: the recipient
-(the signer) states that it durably stored the sender's stream up to ``upto``, whose
-envelope has chain hash ``chain``.
+A receipt states that the recipient (the signer) durably stored the sender's stream up
+to ``upto``, whose envelope has chain hash ``chain``. Version 2 names the epoch and lane
+it covers; version 1 (first release, routine lane, epoch implied) is still read::
 
-Signatures are Ed25519 over the OpenSSH SSHSIG "signed data" (OpenSSH PROTOCOL.sshsig)::
+    v2: [2, sender(32B), recipient(32B), epoch(16B), lane, upto(int >= 1), chain(32B)]
+    v1: [sender(32B), recipient(32B), upto(int >= 1), chain(32B)]
+
+Signatures are Ed25519 over the OpenSSH **SSHSIG** "signed data" (OpenSSH PROTOCOL.sshsig)::
 
     "SSHSIG" | string namespace | string reserved("") | string "sha512" | string SHA512(msg)
 
@@ -41,12 +50,14 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from hotline.errors import DecodeError, LimitError, LocalProtocolError, RemoteProtocolError
+from hotline.proto.lanes import LANES, ROUTINE
 from hotline.proto.sshwire import SSHReader, ssh_string, ssh_uint32
 
 if TYPE_CHECKING:
     from hotline.proto.identity import Identity, PublicKey
 
-VERSION = 1
+VERSION = 2  # what we write; version 1 is still read
+RECEIPT_VERSION = 2
 EPOCH_LEN = 16
 KEY_LEN = 32
 HASH_LEN = 32
@@ -62,7 +73,8 @@ DEFAULT_TYPE = "text/plain"
 NAMESPACE_ENVELOPE = "hotline"
 NAMESPACE_RECEIPT = "hotline-receipt"
 SSHSIG_MAGIC = b"SSHSIG"
-SSHSIG_VERSION = 1
+SSHSIG_VERSION = 2  # what we write; version 1 is still read
+RECEIPT_VERSION = 2
 SSHSIG_HASH = "sha512"
 ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 ARMOR_END = "-----END SSH SIGNATURE-----"
@@ -83,6 +95,7 @@ class Envelope:
     epoch: bytes
     sender: bytes
     recipient: bytes
+    lane: int
     seq: int
     ts: int
     prev: bytes
@@ -93,10 +106,15 @@ class Envelope:
 
 @dataclass(frozen=True)
 class Receipt:
-    """A decoded receipt: ``recipient`` stored ``sender``'s stream up to ``upto``."""
+    """A decoded receipt: ``recipient`` stored ``sender``'s stream up to ``upto``.
+
+    ``epoch`` is None for a version-1 receipt (its epoch is implied by where it is stored).
+    """
 
     sender: bytes
     recipient: bytes
+    epoch: bytes | None
+    lane: int
     upto: int
     chain: bytes
     raw: bytes = field(repr=False, compare=False)
@@ -117,15 +135,15 @@ def chain_hash(raw: bytes) -> bytes:
 
 def encode_envelope(
     epoch: bytes, sender: bytes, recipient: bytes, seq: int, ts: int, prev: bytes,
-    type: str, body: bytes, *, max_message: int | None = None,
+    type: str, body: bytes, *, lane: int = ROUTINE, max_message: int | None = None,
 ) -> bytes:
-    """Encode an envelope (v = 1) to its msgpack bytes, the bytes that get signed.
+    """Encode an envelope (v = 2) to its msgpack bytes, the bytes that get signed.
 
     Raises:
         LocalProtocolError: if a field breaks the schema (or ``body`` exceeds
             ``max_message`` when given).
     """
-    fields = (VERSION, epoch, sender, recipient, seq, ts, prev, type, body)
+    fields = (VERSION, epoch, sender, recipient, lane, seq, ts, prev, type, body)
     try:
         _check_envelope_fields(fields, max_message)
     except RemoteProtocolError as err:
@@ -134,13 +152,14 @@ def encode_envelope(
     return packed
 
 
-def encode_receipt(sender: bytes, recipient: bytes, upto: int, chain: bytes) -> bytes:
-    """Encode a receipt to its msgpack bytes.
+def encode_receipt(sender: bytes, recipient: bytes, epoch: bytes, lane: int, upto: int,
+                   chain: bytes) -> bytes:
+    """Encode a (version 2) receipt to its msgpack bytes.
 
     Raises:
         LocalProtocolError: if a field breaks the schema.
     """
-    fields = (sender, recipient, upto, chain)
+    fields = (RECEIPT_VERSION, sender, recipient, epoch, lane, upto, chain)
     try:
         _check_receipt_fields(fields)
     except RemoteProtocolError as err:
@@ -161,10 +180,13 @@ def decode_envelope_untrusted(raw: bytes, max_message: int) -> Envelope:
     """
     if len(raw) > max_message + ENVELOPE_OVERHEAD:
         raise LimitError(f"envelope of {len(raw)} bytes is over the limit")
-    fields = _unpack_array_untrusted(raw, 9, max_bin=max_message + ENVELOPE_OVERHEAD)
+    fields = _unpack_array_untrusted(raw, (9, 10), max_bin=max_message + ENVELOPE_OVERHEAD)
+    if len(fields) == 9:  # version 1: no lane, routine
+        fields = (*fields[:4], ROUTINE, *fields[4:])
     _check_envelope_fields(fields, max_message)
-    v, epoch, sender, recipient, seq, ts, prev, type_, body = fields
-    return Envelope(v, epoch, sender, recipient, seq, ts, prev, type_, body, raw=bytes(raw))
+    v, epoch, sender, recipient, lane, seq, ts, prev, type_, body = fields
+    return Envelope(v, epoch, sender, recipient, lane, seq, ts, prev, type_, body,
+                    raw=bytes(raw))
 
 
 def decode_receipt_untrusted(raw: bytes) -> Receipt:
@@ -176,30 +198,33 @@ def decode_receipt_untrusted(raw: bytes) -> Receipt:
     """
     if len(raw) > MAX_RECEIPT:
         raise LimitError(f"receipt of {len(raw)} bytes is over the limit")
-    fields = _unpack_array_untrusted(raw, 4, max_bin=KEY_LEN)
+    fields = _unpack_array_untrusted(raw, (4, 7), max_bin=KEY_LEN)
+    if len(fields) == 4:  # version 1: routine lane, epoch implied
+        fields = (1, fields[0], fields[1], None, ROUTINE, fields[2], fields[3])
     _check_receipt_fields(fields)
-    sender, recipient, upto, chain = fields
-    return Receipt(sender, recipient, upto, chain, raw=bytes(raw))
+    _v, sender, recipient, epoch, lane, upto, chain = fields
+    return Receipt(sender, recipient, epoch, lane, upto, chain, raw=bytes(raw))
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack ext type {code} is not allowed")
 
 
-def _unpack_array_untrusted(raw: bytes, length: int, *, max_bin: int) -> tuple[Any, ...]:
-    """msgpack-decode one flat array of exactly ``length`` items, with tight limits."""
+def _unpack_array_untrusted(raw: bytes, lengths: tuple[int, ...], *,
+                            max_bin: int) -> tuple[Any, ...]:
+    """msgpack-decode one flat array of one of ``lengths`` items, with tight limits."""
     try:
         obj = msgpack.unpackb(
             raw, use_list=False, raw=False, strict_map_key=True, ext_hook=_refuse_ext,
-            max_bin_len=max_bin, max_str_len=MAX_TYPE_LEN, max_array_len=length,
+            max_bin_len=max_bin, max_str_len=MAX_TYPE_LEN, max_array_len=max(lengths),
             max_map_len=0, max_ext_len=0,
         )
     except RemoteProtocolError:
         raise
     except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as err:
         raise DecodeError(f"bad msgpack: {err}") from err
-    if type(obj) is not tuple or len(obj) != length:
-        raise DecodeError(f"want a msgpack array of {length} items")
+    if type(obj) is not tuple or len(obj) not in lengths:
+        raise DecodeError(f"want a msgpack array of {' or '.join(map(str, lengths))} items")
     return obj
 
 
@@ -217,12 +242,13 @@ def _check_int(value: object, name: str, lo: int, hi: int) -> None:
 
 
 def _check_envelope_fields(fields: tuple[Any, ...], max_message: int | None) -> None:
-    v, epoch, sender, recipient, seq, ts, prev, type_, body = fields
-    if type(v) is not int or v != VERSION:
+    v, epoch, sender, recipient, lane, seq, ts, prev, type_, body = fields
+    if type(v) is not int or v not in (1, VERSION) or (v == 1 and lane != ROUTINE):
         raise DecodeError(f"unsupported envelope version {v!r}")
     _check_bin(epoch, "epoch", EPOCH_LEN)
     _check_bin(sender, "from", KEY_LEN)
     _check_bin(recipient, "to", KEY_LEN)
+    _check_lane(lane)
     _check_int(seq, "seq", 1, MAX_SEQ)
     _check_int(ts, "ts", 0, MAX_TS)
     _check_bin(prev, "prev", HASH_LEN)
@@ -234,8 +260,18 @@ def _check_envelope_fields(fields: tuple[Any, ...], max_message: int | None) -> 
         raise LimitError(f"body of {len(body)} bytes is over max_message {max_message}")
 
 
+def _check_lane(lane: object) -> None:
+    if type(lane) is not int or lane not in LANES:
+        raise DecodeError("lane must be an integer in [0, 3]")
+
+
 def _check_receipt_fields(fields: tuple[Any, ...]) -> None:
-    sender, recipient, upto, chain = fields
+    v, sender, recipient, epoch, lane, upto, chain = fields
+    if type(v) is not int or v not in (1, RECEIPT_VERSION):
+        raise DecodeError(f"unsupported receipt version {v!r}")
+    if v == RECEIPT_VERSION:
+        _check_bin(epoch, "receipt epoch", EPOCH_LEN)
+    _check_lane(lane)
     _check_bin(sender, "receipt sender", KEY_LEN)
     _check_bin(recipient, "receipt recipient", KEY_LEN)
     _check_int(upto, "receipt upto", 1, MAX_SEQ)

@@ -1,16 +1,18 @@
-"""Events the Link hands to the daemon (``Link.next_events``): plain frozen dataclasses.
+"""Events the Link hands to the endpoint (``Link.next_events``): plain frozen dataclasses.
 
-The daemon turns them into store writes (``Delivered``, ``Acked``,
-``ReceiptReceived``), log lines (``PathUp``/``PathDown``/``PrimaryChanged``/
-``HandshakeComplete``/``NewEpoch``/``Dropped``) and transport actions
-(``ResetPath``: drop the TCP connection and re-dial).
+The endpoint turns them into store writes (``Delivered``, ``Acked``,
+``ReceiptReceived``, ``NewEpoch``, ``GapFound``, ``Forked``), store reads
+(``ChainWanted``), log lines (``PathUp``/``PathDown``/``PrimaryChanged``/
+``HandshakeComplete``/``Dropped`` and the above) and transport actions (``ResetPath``:
+drop the TCP connection and re-dial).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hotline.proto.incoming import Accepted, NewEpoch
+from hotline.proto.incoming import Accepted, Gap
+from hotline.proto.outgoing import Fork
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class HandshakeComplete:
 
 @dataclass(frozen=True)
 class Dropped:
-    """A packet from the network was refused; ``kind`` is the error class name."""
+    """Something from the network was refused; ``kind`` is the error class name."""
 
     path_id: int
     kind: str
@@ -64,30 +66,75 @@ class ResetPath:
 
 @dataclass(frozen=True)
 class Delivered:
-    """Messages accepted in order; the daemon commits them, then calls on_inbox_committed."""
+    """Messages accepted in order; the endpoint commits them, then tells the Link."""
 
     messages: tuple[Accepted, ...]
 
 
 @dataclass(frozen=True)
 class Acked:
-    """The peer acknowledged (stored) our messages up to ``upto``."""
+    """The peer holds our ``lane`` of ``epoch`` up to ``upto`` (chain hash ``chain``)."""
 
+    epoch: bytes
+    lane: int
     upto: int
+    chain: bytes
 
 
 @dataclass(frozen=True)
 class ReceiptReceived:
-    """A verified signed receipt from the peer for our stream ``epoch`` up to ``upto``."""
+    """A signed receipt from the peer for our ``lane`` of ``epoch`` up to ``upto``
+    (its signature verified; whether it signs our transcript the store checks)."""
 
     epoch: bytes
+    lane: int
     upto: int
     chain: bytes
     raw: bytes
     sig: bytes
 
 
+@dataclass(frozen=True)
+class NewEpoch:
+    """The peer's stream started a new epoch (its store was created anew): log loudly.
+
+    ``old`` is the epoch we knew (None: none); its lanes restart at ``base_seqs``.
+    ``old_delivered`` is how far we held each lane of ``old``.
+    """
+
+    old: bytes | None
+    epoch: bytes
+    base_seqs: tuple[int, ...]
+    old_delivered: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GapFound:
+    """Seqs of the peer's lane we will never get (our store went back in time)."""
+
+    gap: Gap
+
+
+@dataclass(frozen=True)
+class Forked:
+    """The peer holds more of our ``lane`` of ``epoch``, or other bytes, than our store:
+    our store went back in time. The endpoint starts a new epoch."""
+
+    epoch: bytes
+    lane: int
+    fork: Fork
+
+
+@dataclass(frozen=True)
+class ChainWanted:
+    """Read our stored chain hash at ``upto`` of ``lane`` and call ``Link.on_chain``."""
+
+    epoch: bytes
+    lane: int
+    upto: int
+
+
 Event = (
     PathUp | PathDown | PrimaryChanged | HandshakeComplete | Dropped | ResetPath
-    | Delivered | Acked | ReceiptReceived | NewEpoch
+    | Delivered | Acked | ReceiptReceived | NewEpoch | GapFound | Forked | ChainWanted
 )

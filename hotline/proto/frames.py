@@ -1,16 +1,22 @@
 """Link frames: the msgpack arrays carried inside transport plaintext (DESIGN §3, §4).
 
-Owns the wire form of the seven frames one link end sends the other once a Noise
-session is up. Each frame is a positional msgpack array whose first element is a
-type tag::
+Owns the wire form of the frames one link end sends the other once a Noise session is
+up. Each frame is a positional msgpack array whose first element is a type tag::
 
-    [1, epoch(16B), base_seq, seen_epoch(16B|nil), delivered_upto]   HELLO
-    [2, envelope_raw, sig(64B)]                                      DATA
-    [3, epoch(16B), upto, [[lo, hi], …≤32], window]                  ACK
-    [4, receipt_raw, sig(64B)]                                       RECEIPT
-    [5, ping_id, sent_wall_ns]                                       PING
-    [6, ping_id, echo_wall_ns, their_wall_ns]                        PONG
-    [7]                                                              KEEPALIVE
+    [1, epoch(16B), [base_seq x4], seen_epoch(16B|nil), [[upto, chain(32B)] x4]]  HELLO
+    [2, envelope_raw, sig(64B)]                                                 DATA
+    [3, epoch(16B), lane, upto, chain(32B), [[lo, hi], …≤32], window]            ACK
+    [4, receipt_raw, sig(64B)]                                                  RECEIPT
+    [5, ping_id, sent_wall_ns]                                                  PING
+    [6, ping_id, echo_wall_ns, their_wall_ns]                                   PONG
+    [7]                                                                         KEEPALIVE
+
+HELLO and ACK are per precedence lane (DESIGN §9): HELLO carries, for each of the four
+lanes, our lowest unacknowledged seq and how far we durably hold the peer's lane; ACK
+names its lane. Every acknowledgement carries the chain hash of the envelope at its
+``upto`` (32 zero bytes at 0), so the sender frees messages only when the receiver
+holds *the same bytes* — a sender whose store was restored from an older copy and
+reused seqs finds out at once instead of being told "acknowledged" (DESIGN §4b).
 
 Decoding treats the bytes as hostile even though they were authenticated by the AEAD
 (a buggy or compromised peer is still a peer): the size is bounded first, msgpack is
@@ -35,7 +41,8 @@ from typing import Any, NoReturn
 import msgpack
 
 from hotline.errors import DecodeError, LimitError
-from hotline.proto.envelope import ENVELOPE_OVERHEAD, EPOCH_LEN, MAX_RECEIPT, SIG_LEN
+from hotline.proto.envelope import ENVELOPE_OVERHEAD, EPOCH_LEN, HASH_LEN, MAX_RECEIPT, SIG_LEN
+from hotline.proto.lanes import LANES
 
 MAX_RANGES = 32
 MAX_INT = 2**63 - 1
@@ -52,14 +59,23 @@ TAG_KEEPALIVE = 7
 
 
 @dataclass(frozen=True, slots=True)
+class Position:
+    """How far a lane is durably held: ``upto`` and the chain hash of envelope ``upto``."""
+
+    upto: int
+    chain: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Hello:
-    """Sent after every handshake: our stream's epoch and lowest unacked seq, and how
-    far we have durably received the peer's stream (``seen_epoch`` None: never)."""
+    """Sent after every handshake: our stream's epoch and, per lane, the lowest unacked
+    seq; and per lane how far we durably hold the peer's stream (``seen_epoch`` None:
+    never heard of it; ``delivered`` is then all zeros)."""
 
     epoch: bytes
-    base_seq: int
+    base_seqs: tuple[int, ...]
     seen_epoch: bytes | None
-    delivered_upto: int
+    delivered: tuple[Position, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +88,14 @@ class Data:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """Cumulative ``upto`` (committed) plus selective ``ranges`` of buffered seqs above
-    it, and the receive ``window`` (how far beyond ``upto`` the sender may go)."""
+    """One lane's cumulative ``upto`` (committed) with the chain hash of that envelope,
+    selective ``ranges`` of buffered seqs above it, and the receive ``window`` (how far
+    beyond ``upto`` the sender may go)."""
 
     epoch: bytes
+    lane: int
     upto: int
+    chain: bytes
     ranges: tuple[tuple[int, int], ...]
     window: int
 
@@ -131,9 +150,11 @@ def _as_array(frame: Frame) -> list[Any]:
     if type(frame) is Data:
         return [TAG_DATA, frame.raw, frame.sig]
     if type(frame) is Ack:
-        return [TAG_ACK, frame.epoch, frame.upto, frame.ranges, frame.window]
+        return [TAG_ACK, frame.epoch, frame.lane, frame.upto, frame.chain, frame.ranges,
+                frame.window]
     if type(frame) is Hello:
-        return [TAG_HELLO, frame.epoch, frame.base_seq, frame.seen_epoch, frame.delivered_upto]
+        return [TAG_HELLO, frame.epoch, frame.base_seqs, frame.seen_epoch,
+                [(p.upto, p.chain) for p in frame.delivered]]
     if type(frame) is Receipt:
         return [TAG_RECEIPT, frame.raw, frame.sig]
     if type(frame) is Ping:
@@ -229,14 +250,26 @@ def _blob(value: Any, limit: int, what: str) -> bytes:
     return value
 
 
+def _per_lane(value: Any, what: str) -> tuple[Any, ...]:
+    if type(value) is not tuple or len(value) != len(LANES):
+        raise DecodeError(f"{what} is not an array of {len(LANES)} lanes")
+    return value
+
+
+def _position(value: Any, what: str) -> Position:
+    if type(value) is not tuple or len(value) != 2:
+        raise DecodeError(f"{what} is not an [upto, chain] pair")
+    return Position(_uint(value[0], what), _fixed(value[1], HASH_LEN, f"{what} chain"))
+
+
 def _hello(obj: tuple[Any, ...], max_raw: int) -> Hello:
     _arity(obj, 5, "HELLO")
     seen = obj[3]
     return Hello(
         _fixed(obj[1], EPOCH_LEN, "HELLO epoch"),
-        _uint(obj[2], "HELLO base_seq"),
+        tuple(_uint(v, "HELLO base_seq") for v in _per_lane(obj[2], "HELLO base_seqs")),
         None if seen is None else _fixed(seen, EPOCH_LEN, "HELLO seen_epoch"),
-        _uint(obj[4], "HELLO delivered_upto"),
+        tuple(_position(v, "HELLO delivered") for v in _per_lane(obj[4], "HELLO delivered")),
     )
 
 
@@ -245,14 +278,22 @@ def _data(obj: tuple[Any, ...], max_raw: int) -> Data:
     return Data(_blob(obj[1], max_raw, "DATA envelope"), _fixed(obj[2], SIG_LEN, "DATA sig"))
 
 
+def _lane(value: Any, what: str) -> int:
+    if type(value) is not int or value not in LANES:
+        raise DecodeError(f"{what} is not a lane (0..3)")
+    return value
+
+
 def _ack(obj: tuple[Any, ...], max_raw: int) -> Ack:
-    _arity(obj, 5, "ACK")
-    upto = _uint(obj[2], "ACK upto")
+    _arity(obj, 7, "ACK")
+    upto = _uint(obj[3], "ACK upto")
     return Ack(
         _fixed(obj[1], EPOCH_LEN, "ACK epoch"),
+        _lane(obj[2], "ACK lane"),
         upto,
-        _ranges(obj[3], upto),
-        _uint(obj[4], "ACK window"),
+        _fixed(obj[4], HASH_LEN, "ACK chain"),
+        _ranges(obj[5], upto),
+        _uint(obj[6], "ACK window"),
     )
 
 

@@ -5,7 +5,7 @@ the link has a usable session, each path sends a PING every ``heartbeat`` second
 the peer answers PONG on the same path with its wall clock. From the PONG we get a
 round-trip time (monotonic: the send instant is remembered by ping id, never trusted
 from the wire) smoothed as RFC 6298 does, and a clock offset
-``their_wall - (our_wall_at_send + rtt/2)``.
+``their_wall - (our_wall_at_send + rtt/2)`` (``rtt.py`` does the smoothing).
 
 A path is *up* from the first authenticated packet that arrives on it and goes *down*
 when nothing authenticated has arrived for ``dead_after`` seconds. Hooks are named
@@ -16,13 +16,11 @@ come in as arguments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hotline.proto.frames import Ping, Pong
+from hotline.proto.rtt import RttEstimator
 
-# RFC 6298 §2 smoothing constants.
-_ALPHA = 1 / 8
-_BETA = 1 / 4
 # Pings remembered for RTT matching; older ones are forgotten (their PONG is ignored).
 _MAX_OUTSTANDING_PINGS = 16
 
@@ -38,8 +36,7 @@ class PathHealth:
     connected: bool = False
     up: bool = False
     last_heard: float | None = None
-    srtt: float | None = None
-    rttvar: float = 0.0
+    rtt: RttEstimator = field(default_factory=RttEstimator)
     skew_ns: int | None = None
     next_ping_at: float | None = None
 
@@ -75,11 +72,7 @@ class PathHealth:
             return
         sent_mono, sent_wall_ns = sent
         rtt = max(now - sent_mono, 0.0)
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-        else:
-            self.rttvar = (1 - _BETA) * self.rttvar + _BETA * abs(self.srtt - rtt)
-            self.srtt = (1 - _ALPHA) * self.srtt + _ALPHA * rtt
+        self.rtt.sample(rtt)
         self.skew_ns = pong.their_wall_ns - (sent_wall_ns + int(rtt * 1e9 / 2))
 
     # --- timers -------------------------------------------------------------------
@@ -120,7 +113,8 @@ class PathHealth:
 
     def rtt_ms(self) -> float | None:
         """Smoothed RTT in milliseconds, or None before the first PONG."""
-        return None if self.srtt is None else self.srtt * 1000
+        srtt = self.rtt.srtt
+        return None if srtt is None else srtt * 1000
 
     def _go_down(self) -> bool:
         was_up = self.up

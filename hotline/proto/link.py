@@ -1,33 +1,44 @@
-"""The one sans-IO object per peer: sessions, paths, failover and both message streams.
+"""The Link: sessions, paths, failover and the four lanes' streams of one peer. Sans-IO.
 
-Theory of operation. The daemon feeds a ``Link`` with what happened — a packet on a
+Theory of operation. The endpoint feeds a ``Link`` with what happened — a packet on a
 path (``receive_untrusted``), a path connecting or dropping, messages made durable
-(``queue_messages``), the inbox committed (``on_inbox_committed``), time passing
-(``handle_timer``) — and takes out what to do: ``packets_to_send`` (path id, bytes),
-``next_events`` (for the store, the logs and the control socket) and ``get_timer``.
+(``push``), the inbox committed (``on_inbox_committed``), time passing
+(``handle_timer``) — and takes out what to do: ``packets_to_send``, ``next_events``
+and ``get_timer``.
 
 One Noise session is carried over every path (the WireGuard data plane), so a
 handshake can finish on any path and failover needs no new handshake. Each path has
 a ``PathHealth`` (heartbeat.py). The *primary* is the first path, in config order,
 that is up; data and acks go there (or on every up path when ``redundant``). When the
 primary goes down the next up path takes over at once and every unacked message is
-resent on it (``OutgoingStream.on_path_change``); when the first path returns, traffic
-moves back.
+resent on it; when the first path returns, traffic moves back.
 
-Inside a transport packet the plaintext is a whole link frame or a fragment of one
-(framing.py); frames are HELLO, DATA, ACK, RECEIPT, PING, PONG and KEEPALIVE
-(frames.py). After every handshake both ends send HELLO so the other resends what we
-lack. Bad input from the network raises inside and is turned into a ``Dropped`` event:
-the link never fails because of what a peer sent.
+Four precedence lanes (DESIGN §9), each an ``OutgoingStream`` and an
+``IncomingStream``. Strict priority at the sender: every turn, lanes are served
+highest first, each within its own window, so a FLASH never waits behind a routine
+lane's window or retransmissions; packets carrying flash or immediate frames are
+marked ``urgent`` for the transport (sent ahead of queued routine packets), and
+FLASH goes on every up path.
+
+Inside a transport packet the plaintext is a whole link frame, a bundle of small
+frames, or a fragment (framing.py); frames are HELLO, DATA, ACK, RECEIPT, PING, PONG
+and KEEPALIVE (frames.py). After every handshake both ends send HELLO so the other
+resends what we lack. Acknowledgements (ACK, HELLO, RECEIPT) count only when they
+come with the CURRENT session (DESIGN §4b): a receiver that lost its store always has
+a new session, so what its old store acknowledged cannot free what the new one never
+got. A peer epoch once left is never re-entered. Bad input from the network raises
+inside and becomes a ``Dropped`` event: the link never fails because of what a peer sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from hotline.errors import DecodeError, RemoteProtocolError
+from hotline.errors import DecodeError, RemoteProtocolError, ReplayError
 from hotline.proto.envelope import (
+    decode_envelope_untrusted,
     decode_receipt_untrusted,
     encode_receipt,
     sign_receipt,
@@ -35,10 +46,14 @@ from hotline.proto.envelope import (
 )
 from hotline.proto.events import (
     Acked,
+    ChainWanted,
     Delivered,
     Dropped,
     Event,
+    Forked,
+    GapFound,
     HandshakeComplete,
+    NewEpoch,
     PathDown,
     PathUp,
     PrimaryChanged,
@@ -53,6 +68,7 @@ from hotline.proto.frames import (
     Keepalive,
     Ping,
     Pong,
+    Position,
     Receipt,
     decode_frame_untrusted,
     encode_frame,
@@ -61,7 +77,8 @@ from hotline.proto.framing import TAG_BUNDLE, Reassembler, pack_frames, unbundle
 from hotline.proto.heartbeat import PathHealth, make_pong
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.incoming import IncomingStream
-from hotline.proto.outgoing import OutgoingStream
+from hotline.proto.lanes import FLASH, IMMEDIATE, LANES
+from hotline.proto.outgoing import AckOutcome, Advanced, Fork, NeedChain, OutgoingStream
 from hotline.proto.packet import (
     PACKET_INITIATION,
     PACKET_RESPONSE,
@@ -70,11 +87,13 @@ from hotline.proto.packet import (
     UDP_MAX_DATAGRAM,
     packet_type_untrusted,
 )
+from hotline.proto.records import OutRecord, Resume
 from hotline.proto.sessions import SessionManager
 
 _AEAD_TAG = 16
 # Data frames handed out per pump, so one turn cannot build an unbounded burst.
 _MAX_DATA_PER_PUMP = 512
+_URGENT_LANES = (FLASH, IMMEDIATE)
 
 
 @dataclass(frozen=True)
@@ -105,14 +124,12 @@ class PathSpec:
         return size - TRANSPORT_HEADER_LEN - _AEAD_TAG
 
 
-@dataclass(frozen=True)
-class StreamState:
-    """What the store knows at start-up, to resume both streams."""
+class Outbound(NamedTuple):
+    """One packet to send: on which path, the bytes, and whether it jumps the queue."""
 
-    out_epoch: bytes
-    out_acked: int
-    out_unacked: Sequence[tuple[int, bytes, bytes]]
-    in_state: tuple[bytes, int, bytes] | None
+    path_id: int
+    packet: bytes
+    urgent: bool
 
 
 class Link:
@@ -124,7 +141,7 @@ class Link:
         their: PublicKey,
         paths: Sequence[PathSpec],
         settings: LinkSettings,
-        streams: StreamState,
+        resume: Resume,
         rng: Callable[[int], bytes],
         now: float,
         wall_ns: int,
@@ -138,29 +155,37 @@ class Link:
             for i, p in enumerate(self.specs)
         ]
         self.sessions = SessionManager(our, their, rng, settings.rekey_after)
-        self.outgoing = OutgoingStream(
-            streams.out_epoch, streams.out_acked, streams.out_unacked,
-            max_in_flight=settings.max_in_flight,
+        self.outgoing = tuple(
+            OutgoingStream(resume.epoch, lane, acked=Position(o.acked, o.acked_chain),
+                           head=o.head, loaded=o.unacked,
+                           max_in_flight=settings.max_in_flight)
+            for lane, o in zip(LANES, resume.out, strict=True)
         )
-        self.incoming = IncomingStream(
-            our.public, their, streams.in_state,
-            reorder_limit=settings.reorder_limit, max_message=settings.max_message,
+        self.incoming = tuple(
+            IncomingStream(our.public, their, lane, resume.peer_epoch,
+                           Position(i.delivered, i.chain), reorder_limit=settings.reorder_limit)
+            for lane, i in zip(LANES, resume.peer_lanes, strict=True)
         )
+        self._peer_epoch = resume.peer_epoch
+        self._seen_epochs = set(resume.peer_epochs_seen)
         self._reassembler = Reassembler(settings.max_message + 4096)
         self._frag_id = 0
-        self._out: list[tuple[int, bytes]] = []
-        self._frames: dict[int, list[bytes]] = {}  # encoded frames per path, this turn
+        self._out: list[Outbound] = []
+        self._frames: dict[tuple[int, bool], list[bytes]] = {}  # (path, urgent) -> frames
         self._events: list[Event] = []
-        self._delivered: list[Delivered] = []
         self.primary: int | None = None
         self._wall_base_ns = wall_ns - int(now * 1e9)
-        self.dropped = 0
         self._attempts = 0
         # Our HELLO is repeated every heartbeat until an ACK for our epoch shows that
         # the peer has it (a lost HELLO would otherwise stall a new epoch until rekey).
         self._hello_due_at: float | None = None
 
     # --- inputs -------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> bytes:
+        """Our outgoing epoch."""
+        return self.outgoing[0].epoch
 
     def set_wall_clock(self, now: float, wall_ns: int) -> None:
         """Re-anchor wall-clock time (for PING/PONG and handshake timestamps)."""
@@ -177,26 +202,54 @@ class Link:
         self._choose_primary(now)
 
     def receive_untrusted(self, path_id: int, packet: bytes, now: float) -> bool:
-        """Handle one packet from the network. Returns True if it authenticated.
+        """Handle one packet from the network.
+
+        Returns:
+            True if it proved the peer holds the session keys (an authenticated
+            transport packet, or the response completing our initiation): the
+            transport may then trust where it came from. An initiation never does —
+            anyone who captured one can replay it.
 
         Never raises for bad input: it is counted and reported as a ``Dropped`` event.
         """
         try:
-            self._receive(path_id, packet, now)
+            return self._receive(path_id, packet, now)
         except RemoteProtocolError as err:
-            self.dropped += 1
             self._events.append(Dropped(path_id, type(err).__name__, str(err)))
             return False
-        return True
 
-    def queue_messages(self, records: Sequence[tuple[int, bytes, bytes]], now: float) -> None:
-        """Messages now durable in the outbox (seq, envelope bytes, signature): send them."""
-        for seq, raw, sig in records:
-            self.outgoing.push(seq, raw, sig)
+    def push(self, records: Sequence[OutRecord]) -> None:
+        """Messages now durable in the outbox: send them (each in its lane)."""
+        for record in records:
+            self.outgoing[record.lane].push(record)
 
-    def on_inbox_committed(self, epoch: bytes, upto: int, now: float) -> None:
+    def on_read(self, lane: int, records: Sequence[OutRecord]) -> None:
+        """The store's answer to a lane's ``read_wanted``."""
+        self.outgoing[lane].on_read(records)
+
+    def on_chain(self, epoch: bytes, lane: int, upto: int, stored: bytes | None) -> None:
+        """Our stored chain hash at ``upto`` (answer to ``ChainWanted``)."""
+        if epoch == self.epoch:
+            self._ack_outcome(lane, self.outgoing[lane].on_chain(upto, stored))
+
+    def on_inbox_committed(self, epoch: bytes, lane: int, upto: int) -> None:
         """The inbox is durable up to ``upto``: acknowledgements may now cover it."""
-        self.incoming.on_committed(epoch, upto, now)
+        self.incoming[lane].on_committed(epoch, upto)
+
+    def rollback_incoming(self) -> None:
+        """A commit failed: forget what every lane accepted and did not commit."""
+        for stream in self.incoming:
+            stream.rollback()
+
+    def new_epoch(self, epoch: bytes, now: float) -> None:
+        """Abandon our epoch (our store went back in time) and start ``epoch`` empty."""
+        settings = self.settings
+        self.outgoing = tuple(
+            OutgoingStream(epoch, lane, acked=Position(0, bytes(32)), head=0,
+                           max_in_flight=settings.max_in_flight)
+            for lane in LANES
+        )
+        self._announce(now)
 
     def handle_timer(self, now: float) -> None:
         """Run every deadline that is due: dead paths, retransmission, rekey, expiry."""
@@ -211,19 +264,21 @@ class Link:
         if changed:
             self._choose_primary(now)
         self.sessions.expire(now)
-        self.outgoing.handle_timer(now)
+        for stream in self.outgoing:
+            stream.handle_timer(now)
         connected = [p.path_id for p in self.paths if p.connected]
         if self.sessions.wants_initiation(now) and connected:
             # One path per attempt (a copy on a second path would only be refused as
             # a replay); retries rotate through the connected paths, first one first.
             packet = self.sessions.start_initiation(now, self.wall_ns(now))
-            self._out.append((connected[self._attempts % len(connected)], packet))
+            path_id = connected[self._attempts % len(connected)]
+            self._out.append(Outbound(path_id, packet, True))
             self._attempts += 1
 
     # --- outputs ------------------------------------------------------------------
 
-    def packets_to_send(self, now: float) -> list[tuple[int, bytes]]:
-        """Everything to transmit now, as (path id, packet)."""
+    def packets_to_send(self, now: float) -> list[Outbound]:
+        """Everything to transmit now."""
         self._pump(now)
         self._pack()
         out, self._out = self._out, []
@@ -244,7 +299,7 @@ class Link:
         sending = self.sessions.can_send()
         deadlines = [p.get_timer(sending) for p in self.paths]
         deadlines.append(self.sessions.get_timer(any(p.connected for p in self.paths)))
-        deadlines.append(self.outgoing.get_timer())
+        deadlines.extend(stream.get_timer() for stream in self.outgoing)
         if sending and self._data_paths():
             deadlines.append(self._hello_due_at)
         return min((d for d in deadlines if d is not None), default=None)
@@ -255,7 +310,7 @@ class Link:
 
     @property
     def state(self) -> str:
-        """``up`` (primary up), ``degraded`` (a path down or no primary yet), ``down``."""
+        """``up`` (every path up), ``degraded`` (a path down), ``down`` (none, or no session)."""
         ups = [p.up for p in self.paths]
         if not any(ups) or not self.sessions.can_send():
             return "down"
@@ -263,19 +318,19 @@ class Link:
 
     # --- receive internals --------------------------------------------------------
 
-    def _receive(self, path_id: int, packet: bytes, now: float) -> None:
+    def _receive(self, path_id: int, packet: bytes, now: float) -> bool:
         kind = packet_type_untrusted(packet)
         if kind == PACKET_INITIATION:
             response = self.sessions.on_initiation_untrusted(packet, now)
             self._heard(path_id, now)
             if response is not None:
-                self._out.append((path_id, response))
-            return
+                self._out.append(Outbound(path_id, response, True))
+            return False
         if kind == PACKET_RESPONSE:
             self.sessions.on_response_untrusted(packet, now)
             self._heard(path_id, now)
             self._after_handshake(path_id, now, initiator=True)
-            return
+            return True
         opened = self.sessions.open_untrusted(packet, now)
         self._heard(path_id, now)
         if opened.confirmed_now:
@@ -288,7 +343,11 @@ class Link:
             frames = [] if whole is None else [whole]
         for frame_bytes in frames:
             frame = decode_frame_untrusted(frame_bytes, self.settings.max_message)
-            self._on_frame(path_id, frame, now)
+            try:
+                self._on_frame(path_id, frame, now, opened.current)
+            except RemoteProtocolError as err:  # one bad frame: drop it, keep the rest
+                self._events.append(Dropped(path_id, type(err).__name__, str(err)))
+        return True
 
     def _heard(self, path_id: int, now: float) -> None:
         path = self.paths[path_id]
@@ -302,92 +361,147 @@ class Link:
         self._attempts = 0
         self._events.append(HandshakeComplete(path_id, initiator))
         if initiator:
-            self._send_frame(Keepalive(), [path_id])
-        self._send_frame(self._hello(), self._data_paths(fallback=path_id))
-        self._hello_due_at = now + self.settings.heartbeat
-        self.outgoing.on_path_change(now)
+            self._send_frame(Keepalive(), [path_id], urgent=True)
+        self._announce(now, fallback=path_id)
 
-    def _on_frame(self, path_id: int, frame: Frame, now: float) -> None:
+    def _announce(self, now: float, fallback: int | None = None) -> None:
+        """Send our HELLO (repeated every heartbeat until the peer acks our epoch) and
+        make every unacked message due."""
+        self._send_frame(self._hello(), self._data_paths(fallback=fallback), urgent=True)
+        self._hello_due_at = now + self.settings.heartbeat
+        for stream in self.outgoing:
+            stream.on_path_change(now)
+
+    def _on_frame(self, path_id: int, frame: Frame, now: float, current: bool) -> None:
         if isinstance(frame, Data):
-            accepted = self.incoming.on_data_untrusted(frame, now)
-            if accepted:
-                self._events.append(Delivered(tuple(accepted)))
-        elif isinstance(frame, Ack):
-            if frame.epoch == self.outgoing.epoch:
-                self._hello_due_at = None
-            upto = self.outgoing.on_ack(frame, now)
-            if upto is not None:
-                self._events.append(Acked(upto))
+            self._on_data(frame, now)
         elif isinstance(frame, Ping):
-            self._send_frame(make_pong(frame, self.wall_ns(now)), [path_id])
+            self._send_frame(make_pong(frame, self.wall_ns(now)), [path_id], urgent=True)
         elif isinstance(frame, Pong):
             self.paths[path_id].on_pong(frame, now)
+        elif isinstance(frame, Keepalive):
+            pass
+        elif not current:
+            raise ReplayError("acknowledgement from a previous session: ignored")
+        elif isinstance(frame, Ack):
+            self._on_ack(frame, now)
         elif isinstance(frame, Hello):
             self._on_hello(frame, now)
-        elif isinstance(frame, Receipt):
+        else:
             self._on_receipt(frame)
 
+    def _on_data(self, frame: Data, now: float) -> None:
+        env = decode_envelope_untrusted(frame.raw, self.settings.max_message)
+        accepted = self.incoming[env.lane].on_data_untrusted(frame, env, now)
+        if accepted:
+            self._events.append(Delivered(tuple(accepted)))
+
+    def _on_ack(self, ack: Ack, now: float) -> None:
+        if ack.epoch == self.epoch:
+            self._hello_due_at = None
+        self._ack_outcome(ack.lane, self.outgoing[ack.lane].on_ack(ack, now))
+
+    def _ack_outcome(self, lane: int, outcome: AckOutcome) -> None:
+        epoch = self.epoch
+        if isinstance(outcome, Advanced):
+            self._events.append(Acked(epoch, lane, outcome.upto, outcome.chain))
+        elif isinstance(outcome, Fork):
+            self._events.append(Forked(epoch, lane, outcome))
+        elif isinstance(outcome, NeedChain):
+            self._events.append(ChainWanted(epoch, lane, outcome.upto))
+
     def _on_hello(self, hello: Hello, now: float) -> None:
-        new_epoch = self.incoming.on_hello(hello)
-        self.incoming.request_ack()
-        if new_epoch is not None:
-            self._events.append(new_epoch)
-        upto = self.outgoing.on_hello(hello, now)
-        if upto is not None:
-            self._events.append(Acked(upto))
+        self._learn_peer_epoch(hello)
+        for incoming in self.incoming:
+            incoming.request_ack()
+        for lane, stream in enumerate(self.outgoing):
+            if hello.seen_epoch == self.epoch:
+                self._ack_outcome(lane, stream.on_hello(hello.delivered[lane], now))
+            else:
+                stream.on_path_change(now)
+
+    def _learn_peer_epoch(self, hello: Hello) -> None:
+        """A HELLO names the peer's epoch: continue it, join a new one, or refuse an old."""
+        if hello.epoch == self._peer_epoch:
+            for lane, stream in enumerate(self.incoming):
+                gap = stream.rejoin(hello.base_seqs[lane])
+                if gap is not None:
+                    self._events.append(GapFound(gap))
+            return
+        if hello.epoch in self._seen_epochs:
+            raise ReplayError("HELLO re-announces a peer epoch we already left")
+        old = self._peer_epoch
+        delivered = tuple(s.committed_upto for s in self.incoming)
+        self._peer_epoch = hello.epoch
+        self._seen_epochs.add(hello.epoch)
+        for lane, stream in enumerate(self.incoming):
+            stream.join(hello.epoch, hello.base_seqs[lane])
+        self._events.append(NewEpoch(old, hello.epoch, hello.base_seqs, delivered))
 
     def _on_receipt(self, frame: Receipt) -> None:
         receipt = decode_receipt_untrusted(frame.raw)
         if receipt.sender != self._our.public.raw or receipt.recipient != self._their.raw:
             raise DecodeError("receipt names the wrong keys")
+        if receipt.epoch != self.epoch:
+            raise ReplayError("receipt for an epoch that is not our current one")
         verify_receipt(self._their, frame.raw, frame.sig)
-        self._events.append(
-            ReceiptReceived(self.outgoing.epoch, receipt.upto, receipt.chain, frame.raw, frame.sig)
-        )
+        self._events.append(ReceiptReceived(self.epoch, receipt.lane, receipt.upto,
+                                            receipt.chain, frame.raw, frame.sig))
 
     # --- send internals -----------------------------------------------------------
 
     def _pump(self, now: float) -> None:
+        can_send = self.sessions.can_send()
         wall = self.wall_ns(now)
         for path in self.paths:
-            ping = path.ping_due(now, wall) if self.sessions.can_send() else None
+            ping = path.ping_due(now, wall) if can_send else None
             if ping is not None:
-                self._send_frame(ping, [path.path_id])
-        if not self.sessions.can_send():
-            return
-        targets = self._data_paths()
+                self._send_frame(ping, [path.path_id], urgent=True)
+        targets = self._data_paths() if can_send else []
         if not targets:
             return
         if self._hello_due_at is not None and now >= self._hello_due_at:
             self._hello_due_at = now + self.settings.heartbeat
-            self._send_frame(self._hello(), targets)
-        ack = self.incoming.ack_due(now)
-        if ack is not None:
-            self._send_frame(ack, targets)
-        receipt = self.incoming.receipt_due(now, self.settings.receipt_every)
-        if receipt is not None:
-            self._send_frame(self._receipt(*receipt), targets)
-        for data in self.outgoing.frames_to_send(now, _MAX_DATA_PER_PUMP):
-            self._send_frame(data, targets)
+            self._send_frame(self._hello(), targets, urgent=True)
+        budget = _MAX_DATA_PER_PUMP
+        for lane in LANES:  # strict precedence: highest lane first
+            budget -= self._pump_lane(lane, now, targets, budget)
 
-    def _send_frame(self, frame: Frame, path_ids: Sequence[int]) -> None:
+    def _pump_lane(self, lane: int, now: float, targets: list[int], budget: int) -> int:
+        """Queue one lane's ack, receipt and DATA; returns how many DATA frames."""
+        urgent = lane in _URGENT_LANES
+        incoming = self.incoming[lane]
+        ack = incoming.ack_due(now)
+        if ack is not None:
+            self._send_frame(ack, targets, urgent)
+        receipt = incoming.receipt_due(now, self.settings.receipt_every)
+        if receipt is not None and incoming.epoch is not None:
+            self._send_frame(self._receipt(incoming.epoch, lane, *receipt), targets, urgent)
+        paths = self._every_up_path(targets) if lane == FLASH else targets
+        frames = self.outgoing[lane].frames_to_send(now, None if urgent else max(budget, 0))
+        for data in frames:
+            self._send_frame(data, paths, urgent)
+        return len(frames)
+
+    def _send_frame(self, frame: Frame, path_ids: Sequence[int], urgent: bool) -> None:
         """Queue a frame for these paths; ``_pack`` seals this turn's frames together."""
         if not self.sessions.can_send():
             return
         encoded = encode_frame(frame)
         for path_id in path_ids:
-            self._frames.setdefault(path_id, []).append(encoded)
+            self._frames.setdefault((path_id, urgent), []).append(encoded)
 
     def _pack(self) -> None:
-        """Seal the queued frames, bundled per path into as few packets as fit."""
+        """Seal the queued frames, bundled per path into as few packets as fit; urgent
+        frames travel in packets of their own, ahead of the rest."""
         if not self._frames or not self.sessions.can_send():
             self._frames.clear()
             return
-        for path_id, frames in self._frames.items():
+        for (path_id, urgent), frames in sorted(self._frames.items(), key=lambda kv: not kv[0][1]):
             plaintexts, self._frag_id = pack_frames(
                 frames, self.specs[path_id].max_plaintext, self._frag_id
             )
-            self._out.extend((path_id, self.sessions.seal(p)) for p in plaintexts)
+            self._out.extend(Outbound(path_id, self.sessions.seal(p), urgent) for p in plaintexts)
         self._frames.clear()
 
     def _data_paths(self, fallback: int | None = None) -> list[int]:
@@ -401,6 +515,10 @@ class Link:
             return [fallback]
         return [p.path_id for p in self.paths if p.connected]
 
+    def _every_up_path(self, targets: list[int]) -> list[int]:
+        ups = [p.path_id for p in self.paths if p.up]
+        return ups or targets
+
     def _choose_primary(self, now: float) -> None:
         new = next((p.path_id for p in self.paths if p.up), None)
         if new == self.primary:
@@ -413,18 +531,19 @@ class Link:
             )
         )
         if new is not None:
-            self.outgoing.on_path_change(now)
+            for stream in self.outgoing:
+                stream.on_path_change(now)
 
     def _hello(self) -> Hello:
-        seen = self.incoming.position()
+        peer = self._peer_epoch
         return Hello(
-            self.outgoing.epoch,
-            self.outgoing.base_seq(),
-            None if seen is None else seen[0],
-            0 if seen is None else seen[1],
+            self.epoch,
+            tuple(stream.base_seq() for stream in self.outgoing),
+            peer,
+            tuple(stream.position() if peer is not None else Position(0, bytes(32))
+                  for stream in self.incoming),
         )
 
-    def _receipt(self, upto: int, chain: bytes) -> Receipt:
-        raw = encode_receipt(self._their.raw, self._our.public.raw, upto, chain)
+    def _receipt(self, epoch: bytes, lane: int, upto: int, chain: bytes) -> Receipt:
+        raw = encode_receipt(self._their.raw, self._our.public.raw, epoch, lane, upto, chain)
         return Receipt(raw, sign_receipt(self._our, raw))
-

@@ -1,142 +1,162 @@
-"""The sender half of the reliable message stream (DESIGN §4). Sans-IO.
+"""The sender half of one lane of the reliable message stream (DESIGN §4, §4b). Sans-IO.
 
-Owns sequencing on the wire: which DATA frames to (re)send and when, and which
-envelopes to accept, in what order, and what to acknowledge. The store owns
-durability; the daemon (through ``link.py``) stands between the two and keeps this
-rule: **a message is pushed only after it is durable, and acknowledged only after it
-is durable** — so an ACK is a promise that survives a crash of either end.
+The receiver half is ``incoming.py``; ``endpoint.py`` keeps the durability rule between
+them and the store: **a message is pushed only after it is durable, and acknowledged
+only after it is durable** — so an ACK is a promise that survives a crash of either end.
 
-The receiver half is ``incoming.py``.
+``OutgoingStream`` (one per precedence lane). Messages are sent in seq order, new ones
+no further than the peer's advertised ``window`` beyond its ack and at most
+``max_in_flight`` unacknowledged at once. Each sent message carries a retransmission
+deadline ``sent_at + RTO``; the in-flight set is kept in send-time order, so the
+earliest deadline is its first entry and ``get_timer`` is O(1). The RTO is RFC 6298
+(``rtt.py``), sampled only on messages never sent twice (Karn's rule). Selective
+ranges in an ACK mark messages as held by the receiver so they are not resent; they
+are not freed, since the receiver's reorder buffer is not durable. A path change or a
+HELLO makes every unacked message due at once (magic-wormhole's ``outbound.py``).
 
-``OutgoingStream``. Every pushed message stays in memory until the peer's
-*cumulative* ack covers it (the store frees it then, too). Messages are sent in seq
-order, new ones no further than the peer's advertised ``window`` beyond its ack and
-at most ``max_in_flight`` unacknowledged at once. Each sent message carries a
-retransmission deadline ``sent_at + RTO``; the in-flight set is kept in send-time
-order, so the earliest deadline is its first entry and ``get_timer`` is O(1). The RTO
-follows RFC 6298: SRTT/RTTVAR from samples taken only on messages never sent twice
-(Karn's rule), RTO = SRTT + 4·RTTVAR clamped to [0.2 s, 10 s], initial 1 s, doubled on
-each timeout until a fresh sample arrives (§5.5-5.7). Selective ranges in an ACK mark
-messages as held by the receiver so they are not resent; they are not freed, since
-the receiver's reorder buffer is not durable. Should it forget them (a restart is
-announced by its HELLO, which clears every mark), the safety net is the timer: a
-marked message whose deadline passes is resent if it is the lowest unacked one.
-A path change or a HELLO makes every unacked message due at once (magic-wormhole's
-``outbound.py`` replays on reconnect the same way).
+**Backlog bounded by disk, not memory.** Only a window of the unacknowledged messages
+is in memory (at most ``memory_limit`` messages and ``memory_bytes``); ``head`` is the
+last durable seq, which may lie beyond the loaded ones. ``read_wanted`` says when to
+read the next stretch from the store; ``on_read`` appends it. A message pushed while
+the stream is behind (not everything durable is loaded) stays on disk until read.
+
+**Acks name bytes, not only seqs.** Every ACK and HELLO carries the chain hash of the
+envelope at its ``upto``. A message is freed only when that hash equals ours: then the
+receiver holds exactly our bytes up to there (it is a hash chain). A mismatch, or an
+``upto`` above our head, means our store went back in time (restored from a backup)
+and reused seqs — ``on_ack`` answers ``Fork`` and frees nothing. An ``upto`` between
+the loaded window and our head answers ``NeedChain``: the endpoint reads our chain
+hash there from the store and calls ``on_chain``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from hotline.errors import LocalProtocolError
-from hotline.proto.frames import Ack, Data, Hello
-
-INITIAL_RTO = 1.0
-MIN_RTO = 0.2
-MAX_RTO = 10.0
-_CLOCK_GRANULARITY = 0.001
-_MAX_BACKOFF = 64
-_NO_SAMPLE = float("-inf")
+from hotline.proto.envelope import ZERO_HASH
+from hotline.proto.frames import Ack, Data, Position
+from hotline.proto.records import OutRecord
+from hotline.proto.rtt import RttEstimator
 
 DEFAULT_MAX_IN_FLIGHT = 1024
+DEFAULT_MEMORY_LIMIT = 2 * DEFAULT_MAX_IN_FLIGHT
+DEFAULT_MEMORY_BYTES = 16 * 1024 * 1024
+_NO_SAMPLE = float("-inf")
 
 
-# --- sender ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Advanced:
+    """The cumulative ack moved to ``upto`` (chain ``chain``): record it durably."""
+
+    upto: int
+    chain: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Fork:
+    """The peer holds other bytes than ours (or more seqs than we stored): our store
+    went back in time. ``peer_upto`` is what the peer claims, ``head`` what we hold."""
+
+    peer_upto: int
+    head: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedChain:
+    """Check ``upto``/``chain`` against our stored chain hash at ``upto`` (not loaded)."""
+
+    upto: int
+    chain: bytes
+
+
+AckOutcome = Advanced | Fork | NeedChain | None
 
 
 class _Pending:
-    """One unacknowledged outgoing message."""
+    """One unacknowledged outgoing message in memory."""
 
-    __slots__ = ("frame", "retransmitted")
+    __slots__ = ("chain", "frame", "retransmitted")
 
-    def __init__(self, frame: Data) -> None:
+    def __init__(self, frame: Data, chain: bytes) -> None:
         self.frame = frame
+        self.chain = chain
         self.retransmitted = False
 
 
-class _RttEstimator:
-    """RFC 6298 §2 smoothed RTT and RTO, with §5.5 exponential backoff."""
-
-    def __init__(self) -> None:
-        self.srtt: float | None = None
-        self.rttvar = 0.0
-        self.backoff = 1
-
-    def sample(self, rtt: float) -> None:
-        """Add a measurement from a message sent once (Karn); ends any backoff."""
-        rtt = max(rtt, 0.0)
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.backoff = 1
-
-    @property
-    def rto(self) -> float:
-        """The current retransmission timeout, backoff included."""
-        if self.srtt is None:
-            base = INITIAL_RTO
-        else:
-            base = self.srtt + max(_CLOCK_GRANULARITY, 4 * self.rttvar)
-        return min(MAX_RTO, max(MIN_RTO, base) * self.backoff)
-
-
 class OutgoingStream:
-    """Sender half: in-flight set, retransmission timer, peer window (see module header).
+    """Sender half of one lane (see the module header).
 
-    Invariants: unacked seqs are exactly ``acked_upto + 1 .. next_seq - 1``; a sent
-    message is either in flight (``_timers``, send-time order) or due again
-    (``_retx``); ``_sacked`` ⊆ ``_timers``; seqs ``>= _next_new`` were never sent.
+    Invariants: in memory are exactly seqs ``acked_upto + 1 .. loaded_upto``;
+    ``loaded_upto <= head``; a sent message is either in flight (``_timers``, send-time
+    order) or due again (``_retx``); ``_sacked`` ⊆ ``_timers``; seqs ``>= _next_new``
+    were never sent.
     """
 
     def __init__(
         self,
         epoch: bytes,
-        acked_upto: int,
-        unacked: Sequence[tuple[int, bytes, bytes]],
+        lane: int,
         *,
+        acked: Position,
+        head: int,
+        loaded: Sequence[OutRecord] = (),
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         initial_window: int = DEFAULT_MAX_IN_FLIGHT,
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
     ) -> None:
-        """Resume a stream from the store.
+        """Resume a lane from the store.
 
         Args:
-            epoch: our stream's epoch (16 bytes, fixed when our store was created).
-            acked_upto: the peer's cumulative ack as stored.
-            unacked: durable but unacknowledged ``(seq, envelope, sig)``, ascending
-                from ``acked_upto + 1`` without gaps.
+            epoch: our stream's epoch (16 bytes). lane: 0 (flash) … 3 (routine).
+            acked: the peer's cumulative ack as stored, with the chain hash there.
+            head: the last seq stored in this lane (``acked.upto <= head``).
+            loaded: the first stored messages above ``acked.upto`` (the rest is read
+                later, see ``read_wanted``).
             max_in_flight: most messages sent and not yet acknowledged at once.
             initial_window: the peer's window assumed until its first ACK.
+            memory_limit, memory_bytes: most messages/bytes of the backlog in memory.
 
         Raises:
-            LocalProtocolError: ``unacked`` is not contiguous after ``acked_upto``.
+            LocalProtocolError: ``loaded`` does not continue ``acked.upto`` or passes
+                ``head``.
         """
+        if head < acked.upto:
+            raise LocalProtocolError(f"head {head} below the stored ack {acked.upto}")
         self.epoch = epoch
-        self.acked_upto = acked_upto
-        self.max_in_flight = max_in_flight
+        self.lane = lane
+        self.acked_upto = acked.upto
+        self.acked_chain = acked.chain
+        self.head = head
+        self.max_in_flight = max(1, max_in_flight)
+        self.memory_limit = max(self.max_in_flight, memory_limit)
+        self.memory_bytes = memory_bytes
         self._peer_window = initial_window
         self._msgs: dict[int, _Pending] = {}
-        self._next_seq = acked_upto + 1
-        self._next_new = acked_upto + 1
+        self._bytes = 0
+        self.loaded_upto = acked.upto
+        self._reading = False
+        self._next_new = acked.upto + 1
         self._timers: dict[int, float] = {}  # seq -> sent_at, oldest first
         self._retx: set[int] = set()
         self._sacked: set[int] = set()
-        self._rtt = _RttEstimator()
-        for seq, raw, sig in unacked:
-            self.push(seq, raw, sig)
+        self._pending_check: Position | None = None
+        self._rtt = RttEstimator()
+        self._load(loaded)
 
     # --- state --------------------------------------------------------------------
 
     @property
-    def next_seq(self) -> int:
-        """The seq the next pushed message must carry."""
-        return self._next_seq
+    def backlog(self) -> int:
+        """Messages stored and not yet cumulatively acknowledged (memory or disk)."""
+        return self.head - self.acked_upto
 
     @property
-    def backlog(self) -> int:
-        """Messages pushed and not yet cumulatively acknowledged."""
+    def in_memory(self) -> int:
+        """Unacknowledged messages held in memory."""
         return len(self._msgs)
 
     @property
@@ -164,55 +184,73 @@ class OutgoingStream:
 
     # --- inputs -------------------------------------------------------------------
 
-    def push(self, seq: int, raw: bytes, sig: bytes) -> None:
-        """Queue a message that is ALREADY durable in the outbox.
+    def push(self, record: OutRecord) -> None:
+        """A message that is ALREADY durable in the outbox (the next seq of this lane).
 
         Raises:
-            LocalProtocolError: ``seq`` is not ``next_seq``.
+            LocalProtocolError: ``record.seq`` is not ``head + 1``.
         """
-        if seq != self._next_seq:
-            raise LocalProtocolError(f"pushed seq {seq}, expected {self._next_seq}")
-        self._msgs[seq] = _Pending(Data(raw, sig))
-        self._next_seq = seq + 1
+        if record.seq != self.head + 1:
+            raise LocalProtocolError(f"pushed seq {record.seq}, expected {self.head + 1}")
+        self.head = record.seq
+        if self.loaded_upto == record.seq - 1 and self._has_room(len(record.raw)):
+            self._keep(record)
 
-    def on_ack(self, ack: Ack, now: float) -> int | None:
-        """Process the peer's ACK.
+    def read_wanted(self) -> tuple[int, int] | None:
+        """``(after, limit)`` to read from the store now, or None.
 
-        Returns:
-            The new cumulative upto when it advanced (the caller records it in the
-            store), else None. ACKs for another epoch are ignored.
+        A read is wanted when stored messages are not loaded and memory is at most half
+        full; until ``on_read`` answers, no other read is wanted.
         """
+        if self._reading or self.loaded_upto >= self.head:
+            return None
+        if len(self._msgs) > self.memory_limit // 2 or self._bytes > self.memory_bytes // 2:
+            return None
+        self._reading = True
+        return self.loaded_upto, self.memory_limit - len(self._msgs)
+
+    def on_read(self, records: Sequence[OutRecord]) -> None:
+        """The store's answer to ``read_wanted``: stored messages in seq order."""
+        self._reading = False
+        self._load(r for r in records if r.seq > self.loaded_upto)
+
+    def on_ack(self, ack: Ack, now: float) -> AckOutcome:
+        """Process the peer's ACK of this lane (ACKs of another epoch are ignored)."""
         if ack.epoch != self.epoch:
             return None
         self._peer_window = ack.window
-        advanced = self._advance(ack.upto)
-        result = None if advanced is None else self.acked_upto
-        sample_at = _NO_SAMPLE if advanced is None else advanced
+        outcome = self._check(Position(ack.upto, ack.chain))
+        sample_at = _NO_SAMPLE
+        if isinstance(outcome, Advanced):
+            sample_at = self._advance(outcome.upto, outcome.chain)
         for lo, hi in ack.ranges:
             sample_at = max(sample_at, self._mark_held(lo, hi, now))
         if sample_at != _NO_SAMPLE:
             self._rtt.sample(now - sample_at)
-        return result
+        return outcome
 
-    def on_hello(self, hello: Hello, now: float) -> int | None:
-        """Process the peer's HELLO (sent after each handshake).
+    def on_hello(self, delivered: Position, now: float) -> AckOutcome:
+        """The peer's HELLO says it holds this lane of our epoch up to ``delivered``.
 
-        If it has seen our epoch, everything up to its ``delivered_upto`` counts as
-        acknowledged. The peer may have restarted, forgetting its reorder buffer, so
-        every unacked message becomes due at once.
-
-        Returns:
-            The new cumulative upto when it advanced, else None.
+        The peer may have restarted, forgetting its reorder buffer, so every unacked
+        message becomes due at once.
         """
-        upto: int | None = None
-        if hello.seen_epoch == self.epoch:
-            before = self.acked_upto
-            self._advance(hello.delivered_upto)
-            if self.acked_upto > before:
-                upto = self.acked_upto
+        outcome = self._check(delivered)
+        if isinstance(outcome, Advanced):
+            self._advance(outcome.upto, outcome.chain)
         self._sacked.clear()
         self._all_due()
-        return upto
+        return outcome
+
+    def on_chain(self, upto: int, stored: bytes | None) -> AckOutcome:
+        """Our stored chain hash at ``upto`` (read after ``NeedChain``): finish the check."""
+        pending, self._pending_check = self._pending_check, None
+        if pending is None or pending.upto != upto or upto <= self.acked_upto:
+            return None
+        if stored != pending.chain:
+            return Fork(upto, self.head, f"the peer holds other bytes at seq {upto}")
+        self._advance(upto, pending.chain)
+        return Advanced(upto, pending.chain)
 
     def on_path_change(self, now: float) -> None:
         """A new primary path (failover, or a fresh session): resend all unacked at once."""
@@ -236,7 +274,7 @@ class OutgoingStream:
             self._retx.add(seq)
             fired = True
         if fired:
-            self._rtt.backoff = min(self._rtt.backoff * 2, _MAX_BACKOFF)
+            self._rtt.back_off()
 
     # --- outputs ------------------------------------------------------------------
 
@@ -258,20 +296,52 @@ class OutgoingStream:
         return out
 
     def get_timer(self) -> float | None:
-        """The earliest retransmission deadline, or None when nothing is in flight.
-
-        Messages that are due but held back (window, ``limit``) have no deadline of
-        their own: the caller sends again after its next input.
-        """
+        """The earliest retransmission deadline, or None when nothing is in flight."""
         if not self._timers:
             return None
         return next(iter(self._timers.values())) + self._rtt.rto
 
     # --- internals ----------------------------------------------------------------
 
+    def _check(self, peer: Position) -> AckOutcome:
+        """Compare the peer's position with our transcript (see the module header)."""
+        upto = peer.upto
+        if upto > 0 and peer.chain == ZERO_HASH:
+            return None  # the receiver rejoined mid-way and does not know this chain yet
+        if upto > self.head:
+            return Fork(upto, self.head, f"the peer holds seq {upto}, our store ends at "
+                                         f"{self.head}")
+        if upto < self.acked_upto:
+            return None  # older than what it already told us: nothing to learn
+        if upto == self.acked_upto:
+            if peer.chain != self.acked_chain:
+                return Fork(upto, self.head, f"the peer holds other bytes at seq {upto}")
+            return None
+        if upto <= self.loaded_upto:
+            if peer.chain != self._msgs[upto].chain:
+                return Fork(upto, self.head, f"the peer holds other bytes at seq {upto}")
+            return Advanced(upto, peer.chain)
+        self._pending_check = peer
+        return NeedChain(upto, peer.chain)
+
+    def _has_room(self, size: int) -> bool:
+        return len(self._msgs) < self.memory_limit and self._bytes + size <= self.memory_bytes
+
+    def _load(self, records: Iterable[OutRecord]) -> None:
+        for record in records:
+            if record.seq != self.loaded_upto + 1 or record.seq > self.head:
+                raise LocalProtocolError(
+                    f"loaded seq {record.seq} does not follow {self.loaded_upto}")
+            self._keep(record)
+
+    def _keep(self, record: OutRecord) -> None:
+        self._msgs[record.seq] = _Pending(Data(record.raw, record.sig), record.chain)
+        self._bytes += len(record.raw)
+        self.loaded_upto = record.seq
+
     def _can_send_new(self) -> bool:
         return (
-            self._next_new < self._next_seq
+            self._next_new <= self.loaded_upto
             and self._next_new <= self.acked_upto + self._peer_window
             and self.in_flight < self.max_in_flight
         )
@@ -282,22 +352,21 @@ class OutgoingStream:
         self._timers[seq] = now
         return self._msgs[seq].frame
 
-    def _advance(self, upto: int) -> float | None:
+    def _advance(self, upto: int, chain: bytes) -> float:
         """Free everything <= upto. Returns the newest send time usable as an RTT
-        sample (``_NO_SAMPLE`` if none), or None if the ack did not advance."""
-        upto = min(upto, self._next_seq - 1)
-        if upto <= self.acked_upto:
-            return None
+        sample (``_NO_SAMPLE`` if none)."""
         newest = _NO_SAMPLE
-        for seq in range(self.acked_upto + 1, upto + 1):
+        for seq in range(self.acked_upto + 1, min(upto, self.loaded_upto) + 1):
             msg = self._msgs.pop(seq)
+            self._bytes -= len(msg.frame.raw)
             sent_at = self._timers.pop(seq, None)
             self._retx.discard(seq)
             if seq in self._sacked:
                 self._sacked.discard(seq)  # sampled when first marked held
             elif sent_at is not None and not msg.retransmitted:
                 newest = max(newest, sent_at)
-        self.acked_upto = upto
+        self.acked_upto, self.acked_chain = upto, chain
+        self.loaded_upto = max(self.loaded_upto, upto)
         self._next_new = max(self._next_new, upto + 1)
         return newest
 

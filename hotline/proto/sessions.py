@@ -54,10 +54,12 @@ class ActiveSession:
 
 @dataclass(frozen=True)
 class Opened:
-    """A transport packet that authenticated: its plaintext and what it changed."""
+    """A transport packet that authenticated: its plaintext, what it changed, and whether
+    it came with the current session (acknowledgements count only then, DESIGN §4b)."""
 
     plaintext: bytes
     confirmed_now: bool
+    current: bool
 
 
 class SessionManager:
@@ -199,7 +201,7 @@ class SessionManager:
             self.unconfirmed = None
             active.confirmed = True
             self._install(active)
-        return Opened(plaintext, confirmed_now)
+        return Opened(plaintext, confirmed_now, active is self.current)
 
     def seal(self, payload: bytes) -> bytes:
         """Encrypt ``payload`` with the current session (caller checked ``can_send``)."""

@@ -1,0 +1,584 @@
+"""The endpoint: every rule of one link's durable message streams, sans-IO (DESIGN §4, §4b, §9).
+
+The daemon's runner only pumps. It feeds the endpoint what happened — a client request
+(``request``), a packet or a path event from a transport, a store job's result
+(``store_done``/``store_failed``), time passing — and then calls ``poll(now)``, which
+returns everything to do: packets per path, store jobs, replies to clients, log
+notices, paths to reset. ``get_timer`` is the one deadline to wake at. The simulator
+and the tests drive this same object.
+
+Durability order, enforced here and nowhere else:
+
+* **seal → commit → send**: a ``SendRequest`` is admitted (backlog, size, media type),
+  sealed at once (seq, chain, signature; ``sequencer.py``) into the pending batch; the
+  client is answered ``Stored`` and the record is pushed to its lane's stream only
+  after that batch committed.
+* **accept → commit → ack**: envelopes the Link accepted go into the batch; only after
+  the commit does the Link learn they are durable (``on_inbox_committed``), so no ACK
+  ever covers what a crash could lose.
+* **one commit in flight**: whatever arrives meanwhile is the next batch (group
+  commit). A failed commit (disk full) refuses its sends with ``StoreFailedError`` and
+  rolls back the sequencers and the receive streams to what is durable; the daemon stays
+  up and the next batch tries again (the peer resends what we did not acknowledge).
+
+Also here: ack waiters (``send --wait``), idempotent sends (``send --id``: requests
+with ids are handled one at a time — look the ids up in the store, then seal only the
+new ones — so an id is never stored twice), the backlog window of each lane (read from
+the store as acks move it), and what a store that went back in time needs: a peer
+acknowledging more than our store holds, or other bytes, makes us start a new epoch
+and re-send our unacknowledged backlog in it (DESIGN §4b).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from hotline.errors import (
+    BacklogFullError,
+    LocalProtocolError,
+    NotAcknowledgedError,
+    StoreFailedError,
+    UsageError,
+)
+from hotline.proto.envelope import EPOCH_LEN, decode_envelope_untrusted, is_media_type
+from hotline.proto.events import (
+    Acked,
+    ChainWanted,
+    Delivered,
+    Event,
+    Forked,
+    GapFound,
+    NewEpoch,
+    ReceiptReceived,
+    ResetPath,
+)
+from hotline.proto.identity import Identity, PublicKey
+from hotline.proto.lanes import LANES, lane_name, message_id
+from hotline.proto.link import Link, LinkSettings, Outbound, PathSpec
+from hotline.proto.notices import CRIT, Narrator, Notice, heartbeat_notice
+from hotline.proto.records import (
+    AckRecord,
+    Carry,
+    Commit,
+    Committed,
+    InRecord,
+    LookupSendIds,
+    NewOutEpoch,
+    OutRecord,
+    ReadChain,
+    ReadOutgoing,
+    ReceiptRecord,
+    Rejoin,
+    Resume,
+    StoreBatch,
+    StoreJob,
+    StoreResult,
+)
+from hotline.proto.requests import (
+    Acknowledged,
+    EndpointRequest,
+    Outcome,
+    Refused,
+    SendRequest,
+    StatusReport,
+    StatusRequest,
+    Stored,
+    WaitRequest,
+)
+from hotline.proto.sequencer import LaneSequencer
+from hotline.proto.status import LaneSnapshot, LinkSnapshot, PathSnapshot, status_text
+
+MAX_WAIT = 3600.0  # the longest a client may wait for an acknowledgement
+_CARRY_CHUNK = 256
+_REFUSED_MEMORY = 1024
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """The endpoint's tunables (from the config)."""
+
+    link: LinkSettings = field(default_factory=LinkSettings)
+    peer_name: str = "peer"
+    log_every: float = 60.0
+    max_backlog: int = 10_000_000
+
+
+@dataclass
+class Outputs:
+    """Everything ``poll`` wants done, in this order: packets, jobs, replies, logs."""
+
+    packets: list[Outbound] = field(default_factory=list)
+    jobs: list[StoreJob] = field(default_factory=list)
+    replies: list[tuple[object, Outcome]] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    resets: list[int] = field(default_factory=list)
+    status_line: str | None = None  # for systemd's STATUS=, when it changed
+    inbox_grew: bool = False  # a commit delivered messages (wake inbox --follow)
+
+
+@dataclass
+class _Batch:
+    """A batch being gathered or committed, with what to do once it is durable."""
+
+    store: StoreBatch = field(default_factory=StoreBatch)
+    sent: list[OutRecord] = field(default_factory=list)  # push to the Link after commit
+    replies: list[tuple[object, tuple[tuple[int, int], ...]]] = field(default_factory=list)
+    delivered: dict[tuple[bytes, int], int] = field(default_factory=dict)
+    has_ids: bool = False
+
+
+@dataclass
+class _Waiter:
+    token: object
+    epoch: bytes
+    lane: int
+    upto: int
+    deadline: float
+
+
+@dataclass
+class _IdSend:
+    token: object
+    conversation: object
+    request: SendRequest
+
+
+class Endpoint:
+    """One link's streams, their durability rules and their clients (module header)."""
+
+    def __init__(
+        self,
+        our: Identity,
+        their: PublicKey,
+        paths: Sequence[PathSpec],
+        settings: EndpointSettings,
+        resume: Resume,
+        rng: Callable[[int], bytes],
+        now: float,
+        wall_ns: int,
+    ) -> None:
+        self._our = our
+        self._their = their
+        self._rng = rng
+        self.settings = settings
+        self.link = Link(our, their, paths, settings.link, resume, rng, now, wall_ns)
+        self._sealers = [self._sequencer(resume.epoch, lane, o.head, o.head_chain)
+                         for lane, o in zip(LANES, resume.out, strict=True)]
+        self._durable = [(o.head, o.head_chain) for o in resume.out]
+        self._delivered = [lane.delivered for lane in resume.peer_lanes]
+        self.narrator = Narrator(settings.peer_name, tuple(p.url for p in paths),
+                                 settings.log_every)
+        self._batch = _Batch()
+        self._committing: _Batch | None = None
+        self._waiters: list[_Waiter] = []
+        self._refused: dict[object, Refused] = {}
+        self._id_queue: deque[_IdSend] = deque()
+        self._id_lookup: _IdSend | None = None
+        self._reads: set[tuple[bytes, int]] = set()
+        self._carry = list(resume.carry)
+        self._carry_reading = False
+        self._out = Outputs()
+        self._status_line = ""
+
+    # --- inputs -------------------------------------------------------------------
+
+    def request(self, request: EndpointRequest, token: object, conversation: object,
+                now: float) -> None:
+        """A client's request; the answer comes out of ``poll`` with ``token``.
+
+        ``conversation`` identifies the client's connection: once one of its sends is
+        refused, every later send of it is refused the same way, so a client that
+        pipelines knows exactly which messages went in (those it was told).
+        """
+        if isinstance(request, SendRequest):
+            self._on_send(request, token, conversation, now)
+        elif isinstance(request, WaitRequest):
+            self._on_wait(request, token, now)
+        elif isinstance(request, StatusRequest):
+            self._reply(token, StatusReport(self.status(now)))
+        else:
+            self._reply(token, Refused(UsageError, "not supported by this daemon yet"))
+
+    def packet(self, path_id: int, data: bytes, now: float) -> bool:
+        """A packet from a transport; True if it authenticated (see ``Link``)."""
+        return self.link.receive_untrusted(path_id, data, now)
+
+    def path_connected(self, path_id: int, now: float) -> None:
+        """The transport can carry packets on this path now."""
+        self.link.path_connected(path_id, now)
+
+    def path_disconnected(self, path_id: int, now: float) -> None:
+        """The transport lost this path."""
+        self.link.path_disconnected(path_id, now)
+
+    def set_wall_clock(self, now: float, wall_ns: int) -> None:
+        """Re-anchor wall-clock time (envelope timestamps, PING/PONG)."""
+        self.link.set_wall_clock(now, wall_ns)
+
+    def store_done(self, job: StoreJob, result: StoreResult, now: float) -> None:
+        """A store job finished with ``result`` (see ``records.py``)."""
+        if isinstance(job, Commit):
+            assert isinstance(result, Committed)
+            self._on_committed(result)
+        elif isinstance(job, ReadOutgoing):
+            assert isinstance(result, list)
+            self._on_read(job, result, now)
+        elif isinstance(job, ReadChain):
+            assert result is None or isinstance(result, bytes)
+            self.link.on_chain(job.epoch, job.lane, job.seq, result)
+        else:
+            assert isinstance(result, dict)
+            self._on_ids_found(result, now)
+
+    def store_failed(self, job: StoreJob, error: str, now: float) -> None:
+        """A store job failed (disk full, I/O error): refuse, roll back, carry on."""
+        self._note(Notice("store", CRIT, {"peer": self.settings.peer_name,
+                                          "job": type(job).__name__, "error": error}))
+        if isinstance(job, Commit):
+            self._on_commit_failed(error)
+        elif isinstance(job, ReadOutgoing):
+            self._reads.discard((job.epoch, job.lane))
+            self._carry_reading = False
+            self.link.on_read(job.lane, [])
+        elif isinstance(job, LookupSendIds) and self._id_lookup is not None:
+            pending, self._id_lookup = self._id_lookup, None
+            self._refuse(pending.token, pending.conversation,
+                         Refused(StoreFailedError, f"nothing stored: {error}"))
+
+    # --- outputs ------------------------------------------------------------------
+
+    def poll(self, now: float) -> Outputs:
+        """Everything to do now (after feeding inputs and ``handle_timer``)."""
+        self.link.handle_timer(now)
+        for event in self.link.next_events():
+            self._on_event(event, now)
+        self._want_reads()
+        self._next_id_send()
+        self._expire_waiters(now)
+        self._out.packets.extend(self.link.packets_to_send(now))
+        self._start_commit()
+        self._heartbeat(now)
+        out, self._out = self._out, Outputs()
+        return out
+
+    def get_timer(self) -> float | None:
+        """The next instant ``poll`` must run even if nothing arrives."""
+        deadlines = [self.link.get_timer(), self.narrator.next_heartbeat]
+        deadlines.extend(w.deadline for w in self._waiters)
+        return min((d for d in deadlines if d is not None), default=None)
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing waits to be committed (graceful shutdown may close)."""
+        return self._committing is None and not self._batch.store and not self._id_queue \
+            and self._id_lookup is None
+
+    def status(self, now: float) -> LinkSnapshot:
+        """The link as ``status`` and the heartbeat log show it."""
+        link = self.link
+        paths = [PathSnapshot(p.url, "up" if p.up else "down", p.rtt_ms(),
+                              p.last_heard_age(now)) for p in link.paths]
+        primary = link.paths[link.primary] if link.primary is not None else None
+        skews = [p.skew_ns for p in link.paths if p.up and p.skew_ns is not None]
+        lanes = [LaneSnapshot(self._durable[lane][0], link.outgoing[lane].acked_upto,
+                              self._delivered[lane]) for lane in LANES]
+        return LinkSnapshot(
+            peer=self.settings.peer_name, state=link.state,
+            active=primary.url if primary is not None else None, paths=paths, lanes=lanes,
+            skew_ms=skews[0] / 1e6 if skews else None,
+            session_age_s=link.sessions.session_age(now),
+            dropped=dict(self.narrator.dropped), epoch=link.epoch.hex(),
+        )
+
+    # --- sends --------------------------------------------------------------------
+
+    def _on_send(self, request: SendRequest, token: object, conversation: object,
+                 now: float) -> None:
+        refusal = self._refused.get(conversation) or self._admit(request)
+        if refusal is not None:
+            self._refuse(token, conversation, refusal)
+        elif request.send_ids:
+            self._id_queue.append(_IdSend(token, conversation, request))
+        else:
+            self._seal(token, request, list(request.bodies), (), now)
+
+    def _admit(self, request: SendRequest) -> Refused | None:
+        max_message = self.settings.link.max_message
+        if not request.bodies:
+            return Refused(UsageError, "nothing to send")
+        if not is_media_type(request.type):
+            return Refused(UsageError, f"type {request.type!r} is not a media type")
+        if request.lane not in LANES:
+            return Refused(UsageError, f"no precedence lane {request.lane}")
+        if request.send_ids and len(request.send_ids) != len(request.bodies):
+            return Refused(UsageError, "one send id per message, or none")
+        if max(map(len, request.bodies)) > max_message:
+            return Refused(UsageError, f"message over max_message ({max_message} bytes)")
+        backlog = sum(s.last_seq for s in self._sealers) - sum(
+            s.acked_upto for s in self.link.outgoing)
+        if backlog + len(request.bodies) > self.settings.max_backlog:
+            return Refused(BacklogFullError, (
+                f"backlog of {backlog} unacknowledged messages is full "
+                f"(max_backlog {self.settings.max_backlog}); is the peer down?"))
+        return None
+
+    def _seal(self, token: object, request: SendRequest, bodies: list[bytes],
+              send_ids: Sequence[str], now: float) -> list[tuple[int, int]]:
+        """Seal ``bodies`` into the pending batch; ``token`` is answered after the commit
+        (None: answered by the caller)."""
+        sealer = self._sealers[request.lane]
+        wall = self.link.wall_ns(now)
+        ids = []
+        for i, body in enumerate(bodies):
+            record = sealer.seal(body, request.type, wall, send_ids[i] if send_ids else None)
+            self._batch.store.outgoing.append(record)
+            self._batch.sent.append(record)
+            ids.append((record.lane, record.seq))
+        self._batch.has_ids = self._batch.has_ids or bool(send_ids)
+        if token is not None:
+            self._batch.replies.append((token, tuple(ids)))
+        return ids
+
+    def _next_id_send(self) -> None:
+        """Start the next idempotent send once no earlier one can still be uncommitted."""
+        if self._id_lookup is not None or not self._id_queue or self._batch.has_ids \
+                or (self._committing is not None and self._committing.has_ids):
+            return
+        self._id_lookup = self._id_queue.popleft()
+        self._out.jobs.append(LookupSendIds(self._id_lookup.request.send_ids))
+
+    def _on_ids_found(self, found: dict[str, tuple[int, int]], now: float) -> None:
+        pending, self._id_lookup = self._id_lookup, None
+        if pending is None:
+            return
+        request = pending.request
+        refusal = self._refused.get(pending.conversation)
+        if refusal is not None:
+            self._refuse(pending.token, pending.conversation, refusal)
+            return
+        new = [(b, i) for b, i in zip(request.bodies, request.send_ids, strict=True)
+               if i not in found]
+        sealed = iter(self._seal(None, request, [b for b, _ in new], [i for _, i in new], now))
+        ids = tuple(found[i] if i in found else next(sealed) for i in request.send_ids)
+        if new:
+            self._batch.replies.append((pending.token, ids))
+        else:
+            self._reply(pending.token, Stored(ids))
+
+    # --- commits ------------------------------------------------------------------
+
+    def _start_commit(self) -> None:
+        if self._committing is not None or not self._batch.store:
+            return
+        self._committing, self._batch = self._batch, _Batch()
+        self._out.jobs.append(Commit(self._committing.store))
+
+    def _on_committed(self, result: Committed) -> None:
+        done, self._committing = self._committing, None
+        if done is None:
+            raise LocalProtocolError("a commit finished that was never started")
+        self.link.push(done.sent)
+        for record in done.sent:
+            self._durable[record.lane] = (record.seq, record.chain)
+        for token, ids in done.replies:
+            self._reply(token, Stored(ids))
+        self._out.inbox_grew = self._out.inbox_grew or bool(done.delivered)
+        for (epoch, lane), upto in done.delivered.items():
+            self.link.on_inbox_committed(epoch, lane, upto)
+            if epoch == self.link.incoming[lane].epoch:
+                self._delivered[lane] = upto
+        for receipt in result.rejected_receipts:
+            self._note(Notice("receipt", CRIT, {
+                "peer": self.settings.peer_name, "lane": lane_name(receipt.lane),
+                "upto": receipt.upto,
+                "reason": "refused: it does not sign our stored transcript"}))
+
+    def _on_commit_failed(self, error: str) -> None:
+        failed, self._committing = self._committing, None
+        if failed is None:
+            return
+        gathering, self._batch = self._batch, _Batch()
+        for batch in (failed, gathering):
+            for token, _ids in batch.replies:
+                self._reply(token, Refused(StoreFailedError, f"not stored: {error}"))
+            self._batch.store.merge_unsent(batch.store)
+        for lane, sealer in enumerate(self._sealers):
+            if sealer.epoch == self.link.epoch:
+                sealer.rollback(*self._durable[lane])
+        self.link.rollback_incoming()
+
+    # --- link events --------------------------------------------------------------
+
+    def _on_event(self, event: Event, now: float) -> None:
+        if isinstance(event, Delivered):
+            self._on_delivered(event)
+        elif isinstance(event, Acked):
+            self._batch.store.ack(_ack_record(event))
+            self._acked(event.epoch, event.lane, event.upto)
+        elif isinstance(event, ReceiptReceived):
+            self._batch.store.receipts.append(ReceiptRecord(
+                event.epoch, event.lane, event.upto, event.chain, event.raw, event.sig))
+        elif isinstance(event, ChainWanted):
+            self._out.jobs.append(ReadChain(event.epoch, event.lane, event.upto))
+        elif isinstance(event, ResetPath):
+            self._out.resets.append(event.path_id)
+        else:
+            if isinstance(event, NewEpoch):
+                self._on_new_peer_epoch(event)
+            elif isinstance(event, GapFound):
+                gap = event.gap
+                self._batch.store.incoming.append(Rejoin(
+                    gap.epoch, gap.lane, gap.last + 1, "the sender no longer holds these"))
+            elif isinstance(event, Forked):
+                self._on_fork(event, now)
+            self._note(self.narrator.narrate(event, now))
+
+    def _on_delivered(self, event: Delivered) -> None:
+        for m in event.messages:
+            self._batch.store.incoming.append(InRecord(m.epoch, m.lane, m.seq, m.raw, m.sig))
+            self._batch.delivered[(m.epoch, m.lane)] = m.seq
+
+    def _on_new_peer_epoch(self, event: NewEpoch) -> None:
+        for lane, base in zip(LANES, event.base_seqs, strict=True):
+            self._batch.store.incoming.append(
+                Rejoin(event.epoch, lane, max(base, 1), "new peer epoch"))
+            self._delivered[lane] = max(base, 1) - 1
+
+    def _on_fork(self, event: Forked, now: float) -> None:
+        """Our store went back in time: start a new epoch, re-send our backlog in it."""
+        old = self.link.epoch
+        if event.epoch != old:
+            return  # a second lane of the epoch we already left
+        epoch = bytes(self._rng(EPOCH_LEN))
+        carry = [Carry(old, lane, self.link.outgoing[lane].acked_upto, sealer.last_seq)
+                 for lane, sealer in enumerate(self._sealers)
+                 if sealer.last_seq > self.link.outgoing[lane].acked_upto]
+        reason = (f"{lane_name(event.lane)}: {event.fork.reason} (our store went back in "
+                  "time: restored from an older copy?)")
+        self._batch.store.new_epoch = NewOutEpoch(epoch, reason)
+        self.link.new_epoch(epoch, now)
+        self._sealers = [self._sequencer(epoch, lane, 0, bytes(32)) for lane in LANES]
+        self._durable = [(0, bytes(32)) for _ in LANES]
+        self._carry.extend(carry)
+        resent = ",".join(f"{lane_name(c.lane)}:{c.after + 1}..{c.head}" for c in carry)
+        self._note(Notice("epoch", CRIT, {
+            "peer": self.settings.peer_name, "change": "our store went back in time",
+            "reason": reason, "old": old.hex(), "epoch": epoch.hex(),
+            "resent": resent or None,
+            "peer_holds": f"{lane_name(event.lane)} up to {event.fork.peer_upto} of the old "
+                          "epoch, more than or other than our store held"}))
+        for waiter in [w for w in self._waiters if w.epoch == old]:
+            self._waiters.remove(waiter)
+            self._reply(waiter.token, Refused(NotAcknowledgedError, (
+                "our store went back in time; unacknowledged messages are re-sent in "
+                f"epoch {epoch.hex()}")))
+
+    def _sequencer(self, epoch: bytes, lane: int, head: int, chain: bytes) -> LaneSequencer:
+        return LaneSequencer(self._our, self._their, epoch, lane, head, chain,
+                             self.settings.link.max_message)
+
+    # --- backlog window and carry-over ---------------------------------------------
+
+    def _want_reads(self) -> None:
+        epoch = self.link.epoch
+        for lane, stream in enumerate(self.link.outgoing):
+            if (epoch, lane) in self._reads:
+                continue
+            wanted = stream.read_wanted()
+            if wanted is not None:
+                self._reads.add((epoch, lane))
+                self._out.jobs.append(ReadOutgoing(epoch, lane, *wanted))
+        if self._carry and not self._carry_reading and not self._batch.store.outgoing:
+            carry = self._carry[0]
+            self._carry_reading = True
+            self._out.jobs.append(ReadOutgoing(carry.epoch, carry.lane, carry.after,
+                                               _CARRY_CHUNK))
+
+    def _on_read(self, job: ReadOutgoing, records: list[OutRecord], now: float) -> None:
+        if job.epoch == self.link.epoch:
+            self._reads.discard((job.epoch, job.lane))
+            self.link.on_read(job.lane, records)
+            return
+        self._carry_reading = False
+        carry = self._carry[0] if self._carry else None
+        if carry is None or (carry.epoch, carry.lane) != (job.epoch, job.lane):
+            return
+        records = [r for r in records if r.seq <= carry.head]
+        for record in records:
+            env = decode_envelope_untrusted(record.raw, len(record.raw))
+            request = SendRequest(env.type, (env.body,), env.lane)
+            self._seal(None, request, [env.body],
+                       (record.send_id,) if record.send_id else (), now)
+        last = records[-1].seq if records else carry.head
+        self._batch.store.carried[(carry.epoch, carry.lane)] = last
+        if last >= carry.head:
+            self._carry.pop(0)
+        else:
+            self._carry[0] = Carry(carry.epoch, carry.lane, last, carry.head)
+
+    # --- waiters ------------------------------------------------------------------
+
+    def _on_wait(self, request: WaitRequest, token: object, now: float) -> None:
+        if request.lane not in LANES or request.operator:
+            self._reply(token, Refused(UsageError, "no such wait"))
+            return
+        timeout = MAX_WAIT if request.timeout is None else min(request.timeout, MAX_WAIT)
+        waiter = _Waiter(token, self.link.epoch, request.lane, request.upto, now + timeout)
+        if not self._satisfied(waiter):
+            self._waiters.append(waiter)
+
+    def _acked(self, epoch: bytes, lane: int, upto: int) -> None:
+        self._waiters = [w for w in self._waiters if not self._satisfied(w)]
+
+    def _satisfied(self, waiter: _Waiter) -> bool:
+        stream = self.link.outgoing[waiter.lane]
+        if waiter.epoch != stream.epoch or stream.acked_upto < waiter.upto:
+            return False
+        self._reply(waiter.token, Acknowledged(waiter.lane, stream.acked_upto))
+        return True
+
+    def _expire_waiters(self, now: float) -> None:
+        still = []
+        for waiter in self._waiters:
+            if now < waiter.deadline:
+                still.append(waiter)
+                continue
+            acked = self.link.outgoing[waiter.lane].acked_upto
+            self._reply(waiter.token, Refused(NotAcknowledgedError, (
+                f"not acknowledged: the peer holds {lane_name(waiter.lane)} up to "
+                f"{message_id(waiter.lane, acked) if acked else 'nothing'}")))
+        self._waiters = still
+
+    # --- output helpers -----------------------------------------------------------
+
+    def _reply(self, token: object, outcome: Outcome) -> None:
+        self._out.replies.append((token, outcome))
+
+    def _refuse(self, token: object, conversation: object, refusal: Refused) -> None:
+        if conversation is not None:
+            self._refused[conversation] = refusal
+            while len(self._refused) > _REFUSED_MEMORY:
+                del self._refused[next(iter(self._refused))]
+        self._reply(token, refusal)
+
+    def forget_conversation(self, conversation: object) -> None:
+        """The client's connection closed: forget whether it was refused."""
+        self._refused.pop(conversation, None)
+
+    def _note(self, notice: Notice | None) -> None:
+        if notice is not None:
+            self._out.notices.append(notice)
+
+    def _heartbeat(self, now: float) -> None:
+        snap = self.status(now)
+        if self.narrator.heartbeat_due(snap, now):
+            self._note(heartbeat_notice(snap))
+        line = status_text(snap)
+        if line != self._status_line:
+            self._status_line = self._out.status_line = line
+
+
+def _ack_record(event: Acked) -> AckRecord:
+    return AckRecord(event.epoch, event.lane, event.upto, event.chain)
