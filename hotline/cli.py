@@ -18,6 +18,11 @@ from hotline.errors import HotlineError, UsageError
 
 EX_USAGE = 2
 
+INBOX_RAW_HELP = (
+    "exact bytes for scripts: per message a line 'SEQ TS_NS LENGTH TYPE', then exactly "
+    "LENGTH body bytes, then a newline (read the line, read LENGTH bytes, skip one byte)"
+)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so usage errors share one path."""
@@ -70,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_link_options(p)
     p.add_argument("--since", type=int, default=0, metavar="SEQ", help="only seqs above SEQ")
     p.add_argument("--follow", action="store_true", help="keep printing new messages")
-    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON object per message")
+    form.add_argument("--raw", action="store_true", help=INBOX_RAW_HELP)
 
     p = sub.add_parser("status", help="show the link's state")
     _add_link_options(p)
