@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hotline.cli import main
-from hotline.commands.verify import verify_store
+from hotline.commands.verify import VerifyReport, verify_store
 from hotline.keyfile import save_identity
 from hotline.proto import envelope as ev
 from hotline.proto.identity import Identity
@@ -74,9 +74,15 @@ def flip_last_byte(db: Path, table: str, seq: int) -> None:
 
 
 def verify(config, capsys) -> tuple[int, str]:
+    code, out, err = verify_streams(config, capsys)
+    return code, out + err
+
+
+def verify_streams(config, capsys) -> tuple[int, str, str]:
+    """Exit code, stdout (one line per problem) and stderr (the summary) of ``verify``."""
     code = main(["verify", "-c", str(config)])
     out, err = capsys.readouterr()
-    return code, out + err
+    return code, out, err
 
 
 def test_intact_store_verifies(link, capsys):
@@ -118,11 +124,60 @@ def test_verify_store_function(link):
 def test_tampered_store_fails_naming_the_seq(link, capsys, tamper, expect):
     config, db = link
     tamper(db)
-    code, text = verify(config, capsys)
+    code, out, err = verify_streams(config, capsys)
     assert code == 1
-    assert expect in text
-    assert "verify FAILED" in text
-    assert len(text.splitlines()) == 1
+    assert expect in out
+    problems = out.splitlines()
+    assert err.startswith(f"hotline: verify FAILED: {len(problems)} problem")
+    assert len(err.splitlines()) == 1
+
+
+def test_every_bad_item_is_reported(link, capsys):
+    """Two tampered messages (one each way) and a bad receipt: all three named."""
+    config, db = link
+    flip_last_byte(db, "outgoing", 1)
+    flip_last_byte(db, "incoming", 3)
+    sql(db, "UPDATE receipts SET sig = ? WHERE upto = 2", bytes(64))
+    code, out, err = verify_streams(config, capsys)
+    assert code == 1
+    assert out.splitlines() == [
+        "sent seq 1: signature does not verify",
+        "received seq 3 (peer epoch 09090909): signature does not verify",
+        "receipt upto sent seq 2: bad receipt: Ed25519 signature does not verify",
+    ]
+    assert err == ("hotline: verify FAILED: 3 problems in 5 sent, 4 received, "
+                   "2 receipts\n")
+
+
+def test_a_missing_run_is_one_problem_and_links_resume_after_it(link, capsys):
+    config, db = link
+    sql(db, "DELETE FROM outgoing WHERE seq IN (2, 3)")
+    sql(db, "DELETE FROM receipts")
+    code, out, _ = verify_streams(config, capsys)
+    assert code == 1
+    assert out.splitlines() == ["sent seqs 2-3: missing (next stored is seq 4)"]
+
+
+def test_output_is_bounded(link, capsys, monkeypatch):
+    import hotline.commands.verify as verify_module
+
+    monkeypatch.setattr(verify_module, "MAX_SHOWN", 2)
+    config, db = link
+    for seq in (1, 2, 3, 4, 5):
+        flip_last_byte(db, "outgoing", seq)
+    code, out, err = verify_streams(config, capsys)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[:2] == ["sent seq 1: signature does not verify",
+                         "sent seq 2: signature does not verify"]
+    assert lines[2:] == ["... and 5 more"]  # seqs 3-5 and both receipts
+    assert "7 problems" in err
+
+
+def test_problems_are_escaped_for_the_terminal():
+    report = VerifyReport()
+    report.add("received seq 1: bad \x1b]0;title\x07 \u202e")
+    assert report.problem_lines() == ["received seq 1: bad \\x1b]0;title\\x07 \\u202e"]
 
 
 def test_resigned_envelope_with_broken_chain_fails(link, capsys):
@@ -205,10 +260,10 @@ def test_new_peer_epoch_and_pending_gap_verify(link):
     store.apply(Batch(incoming=records[:3] + records[4:]))
     assert store.peer_stream().delivered_upto == 3
     report = verify_store(store, OURS.public, THEIRS.public)
-    assert report.ok, report.problem
+    assert report.ok, report.problems
     assert report.received == 4 + 5
     sql(db, "DELETE FROM incoming WHERE epoch = ? AND seq = 1", epoch2)
     report = verify_store(store, OURS.public, THEIRS.public)
-    assert report.problem is not None
-    assert report.problem.startswith("received seq 1 (peer epoch 0a0a0a0a): missing")
+    assert report.problems == [
+        "received seq 1 (peer epoch 0a0a0a0a): missing (next stored is seq 2)"]
     store.close()
