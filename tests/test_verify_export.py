@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import subprocess
 from pathlib import Path
 
@@ -267,3 +269,100 @@ def test_new_peer_epoch_and_pending_gap_verify(link):
     assert report.problems == [
         "received seq 1 (peer epoch 0a0a0a0a): missing (next stored is seq 2)"]
     store.close()
+
+
+# --- export never writes through a symlink or into a directory others control ----------
+
+
+def export(config, capsys, directory, seq=2) -> tuple[int, str]:
+    """Exit code and stderr of ``hotline export -c CONFIG SEQ DIR``."""
+    code = main(["export", "-c", str(config), str(seq), str(directory)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["msg", "msg.sig", "allowed_signers"])
+def test_export_refuses_a_planted_symlink(link, capsys, tmp_path, name):
+    config, _ = link
+    out_dir, target = tmp_path / "export", tmp_path / "precious"
+    out_dir.mkdir(mode=0o700)
+    target.write_bytes(b"keep me")
+    (out_dir / name).symlink_to(target)
+    code, err = export(config, capsys, out_dir)
+    assert code == 77
+    assert err == f"hotline: refusing to export: {out_dir / name} is a symbolic link " \
+                  "(not following it)\n"
+    assert target.read_bytes() == b"keep me"
+    assert sorted(p.name for p in out_dir.iterdir()) == [name]  # nothing else written
+
+
+def test_export_refuses_a_dangling_symlink_whose_target_would_be_created(
+        link, capsys, tmp_path):
+    config, _ = link
+    out_dir, target = tmp_path / "export", tmp_path / "created-elsewhere"
+    out_dir.mkdir(mode=0o700)
+    (out_dir / "allowed_signers").symlink_to(target)
+    code, _ = export(config, capsys, out_dir)
+    assert code == 77
+    assert not target.exists()
+
+
+def test_export_refuses_a_directory_that_is_a_symlink(link, capsys, tmp_path):
+    config, _ = link
+    real, alias = tmp_path / "real", tmp_path / "alias"
+    real.mkdir(mode=0o700)
+    alias.symlink_to(real)
+    code, err = export(config, capsys, alias)
+    assert code == 77
+    assert "it is a symbolic link (give the real directory)" in err
+    assert list(real.iterdir()) == []
+
+
+def test_export_refuses_a_directory_others_may_write(link, capsys, tmp_path):
+    config, _ = link
+    out_dir = tmp_path / "shared"
+    out_dir.mkdir()
+    out_dir.chmod(0o777)
+    code, err = export(config, capsys, out_dir)
+    assert code == 77
+    assert "no sticky bit" in err
+    assert list(out_dir.iterdir()) == []
+    out_dir.chmod(0o1777)  # sticky, like /tmp: others cannot replace our files
+    code, err = export(config, capsys, out_dir)
+    assert code == 0, err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["allowed_signers", "msg", "msg.sig"]
+
+
+def test_export_refuses_another_users_directory_and_file(link, capsys, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    config, _ = link
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, 65534)
+    code, err = export(config, capsys, theirs)
+    assert code == 77
+    assert "belongs to another user (uid 65534)" in err
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o1777)
+    (ours / "msg.sig").write_text("planted")
+    os.chown(ours / "msg.sig", 65534, 65534)
+    code, err = export(config, capsys, ours)
+    assert code == 77
+    assert "msg.sig exists and is not our own regular file" in err
+    assert (ours / "msg.sig").read_text() == "planted"
+
+
+def test_export_replaces_an_earlier_export_and_files_are_private(link, capsys, tmp_path):
+    config, _ = link
+    out_dir = tmp_path / "new" / "export"
+    assert export(config, capsys, out_dir, seq=1)[0] == 0
+    hard_link = tmp_path / "hard-link-to-msg"
+    os.link(out_dir / "msg", hard_link)
+    first = hard_link.read_bytes()
+    code, err = export(config, capsys, out_dir, seq=2)
+    assert code == 0, err
+    assert ev.decode_envelope_untrusted((out_dir / "msg").read_bytes(), 65536).seq == 2
+    assert hard_link.read_bytes() == first  # a new file, not the old one rewritten
+    assert stat.S_IMODE(out_dir.stat().st_mode) == 0o700
+    for name in ("msg", "msg.sig", "allowed_signers"):
+        assert stat.S_IMODE((out_dir / name).stat().st_mode) == 0o600
