@@ -33,7 +33,6 @@ from hotline.textsafe import escape, message_lines
 def run(args: argparse.Namespace) -> int:
     """Print messages with seq above ``--since`` (``--follow``: keep going)."""
     config = load(args)
-    width = _terminal_width()
     with open_client(config) as client:
         client.send(InboxRequest(since=args.since, follow=args.follow))
         for reply in client.replies():
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             elif args.json:
                 _print_json(msg)
             else:
-                _print_text(msg, width)
+                _print_text(msg, _terminal_width())  # per message: --follow outlives resizes
     return 0
 
 
