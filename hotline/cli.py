@@ -18,6 +18,19 @@ from hotline.errors import HotlineError, UsageError
 
 EX_USAGE = 2
 
+INBOX_TEXT_HELP = (
+    "Print received messages: '#SEQ DATE TIME [TYPE] first line of the body'. The peer "
+    "never writes to your terminal: control and format characters and invalid UTF-8 are "
+    "shown escaped (\\x1b, \\u202e, \\xff; a backslash as \\\\); each further line of a "
+    "body starts with two spaces and '| ', and on a terminal a line too long for it is "
+    "cut and goes on in a line that starts with two spaces and '+ '. Message headers "
+    "never start with a space. --json and --raw give the exact text or bytes."
+)
+INBOX_RAW_HELP = (
+    "exact bytes for scripts: per message a line 'SEQ TS_NS LENGTH TYPE', then exactly "
+    "LENGTH body bytes, then a newline (read the line, read LENGTH bytes, skip one byte)"
+)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so usage errors share one path."""
@@ -66,11 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", default="text/plain", help="media type (default text/plain)")
     p.add_argument("text", nargs="?", default=None, help="message text (default: stdin)")
 
-    p = sub.add_parser("inbox", help="print received messages")
+    p = sub.add_parser("inbox", help="print received messages", description=INBOX_TEXT_HELP)
     _add_link_options(p)
     p.add_argument("--since", type=int, default=0, metavar="SEQ", help="only seqs above SEQ")
     p.add_argument("--follow", action="store_true", help="keep printing new messages")
-    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON object per message")
+    form.add_argument("--raw", action="store_true", help=INBOX_RAW_HELP)
 
     p = sub.add_parser("status", help="show the link's state")
     _add_link_options(p)
@@ -82,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a message and its SSH signature to DIR")
     _add_link_options(p)
     p.add_argument("seq", type=int, help="sequence number of a message")
-    p.add_argument("dir", help="directory to write msg and msg.sig into")
+    p.add_argument("dir", help="directory to write msg, msg.sig and allowed_signers into "
+                   "(created 0700 if missing); exit 77 if it is a symlink, not ours, "
+                   "writable by others without the sticky bit, or holds a symlink or a "
+                   "foreign file under one of those names")
     p.add_argument("--direction", choices=["in", "out"], default="in",
                    help="received (in, default) or sent (out) message")
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from hotline.cli import main
-from hotline.commands.verify import verify_store
+from hotline.commands.verify import VerifyReport, verify_store
 from hotline.keyfile import save_identity
 from hotline.proto import envelope as ev
 from hotline.proto.identity import Identity
@@ -74,9 +76,15 @@ def flip_last_byte(db: Path, table: str, seq: int) -> None:
 
 
 def verify(config, capsys) -> tuple[int, str]:
+    code, out, err = verify_streams(config, capsys)
+    return code, out + err
+
+
+def verify_streams(config, capsys) -> tuple[int, str, str]:
+    """Exit code, stdout (one line per problem) and stderr (the summary) of ``verify``."""
     code = main(["verify", "-c", str(config)])
     out, err = capsys.readouterr()
-    return code, out + err
+    return code, out, err
 
 
 def test_intact_store_verifies(link, capsys):
@@ -118,11 +126,60 @@ def test_verify_store_function(link):
 def test_tampered_store_fails_naming_the_seq(link, capsys, tamper, expect):
     config, db = link
     tamper(db)
-    code, text = verify(config, capsys)
+    code, out, err = verify_streams(config, capsys)
     assert code == 1
-    assert expect in text
-    assert "verify FAILED" in text
-    assert len(text.splitlines()) == 1
+    assert expect in out
+    problems = out.splitlines()
+    assert err.startswith(f"hotline: verify FAILED: {len(problems)} problem")
+    assert len(err.splitlines()) == 1
+
+
+def test_every_bad_item_is_reported(link, capsys):
+    """Two tampered messages (one each way) and a bad receipt: all three named."""
+    config, db = link
+    flip_last_byte(db, "outgoing", 1)
+    flip_last_byte(db, "incoming", 3)
+    sql(db, "UPDATE receipts SET sig = ? WHERE upto = 2", bytes(64))
+    code, out, err = verify_streams(config, capsys)
+    assert code == 1
+    assert out.splitlines() == [
+        "sent seq 1: signature does not verify",
+        "received seq 3 (peer epoch 09090909): signature does not verify",
+        "receipt upto sent seq 2: bad receipt: Ed25519 signature does not verify",
+    ]
+    assert err == ("hotline: verify FAILED: 3 problems in 5 sent, 4 received, "
+                   "2 receipts\n")
+
+
+def test_a_missing_run_is_one_problem_and_links_resume_after_it(link, capsys):
+    config, db = link
+    sql(db, "DELETE FROM outgoing WHERE seq IN (2, 3)")
+    sql(db, "DELETE FROM receipts")
+    code, out, _ = verify_streams(config, capsys)
+    assert code == 1
+    assert out.splitlines() == ["sent seqs 2-3: missing (next stored is seq 4)"]
+
+
+def test_output_is_bounded(link, capsys, monkeypatch):
+    import hotline.commands.verify as verify_module
+
+    monkeypatch.setattr(verify_module, "MAX_SHOWN", 2)
+    config, db = link
+    for seq in (1, 2, 3, 4, 5):
+        flip_last_byte(db, "outgoing", seq)
+    code, out, err = verify_streams(config, capsys)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[:2] == ["sent seq 1: signature does not verify",
+                         "sent seq 2: signature does not verify"]
+    assert lines[2:] == ["... and 5 more"]  # seqs 3-5 and both receipts
+    assert "7 problems" in err
+
+
+def test_problems_are_escaped_for_the_terminal():
+    report = VerifyReport()
+    report.add("received seq 1: bad \x1b]0;title\x07 \u202e")
+    assert report.problem_lines() == ["received seq 1: bad \\x1b]0;title\\x07 \\u202e"]
 
 
 def test_resigned_envelope_with_broken_chain_fails(link, capsys):
@@ -205,10 +262,107 @@ def test_new_peer_epoch_and_pending_gap_verify(link):
     store.apply(Batch(incoming=records[:3] + records[4:]))
     assert store.peer_stream().delivered_upto == 3
     report = verify_store(store, OURS.public, THEIRS.public)
-    assert report.ok, report.problem
+    assert report.ok, report.problems
     assert report.received == 4 + 5
     sql(db, "DELETE FROM incoming WHERE epoch = ? AND seq = 1", epoch2)
     report = verify_store(store, OURS.public, THEIRS.public)
-    assert report.problem is not None
-    assert report.problem.startswith("received seq 1 (peer epoch 0a0a0a0a): missing")
+    assert report.problems == [
+        "received seq 1 (peer epoch 0a0a0a0a): missing (next stored is seq 2)"]
     store.close()
+
+
+# --- export never writes through a symlink or into a directory others control ----------
+
+
+def export(config, capsys, directory, seq=2) -> tuple[int, str]:
+    """Exit code and stderr of ``hotline export -c CONFIG SEQ DIR``."""
+    code = main(["export", "-c", str(config), str(seq), str(directory)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["msg", "msg.sig", "allowed_signers"])
+def test_export_refuses_a_planted_symlink(link, capsys, tmp_path, name):
+    config, _ = link
+    out_dir, target = tmp_path / "export", tmp_path / "precious"
+    out_dir.mkdir(mode=0o700)
+    target.write_bytes(b"keep me")
+    (out_dir / name).symlink_to(target)
+    code, err = export(config, capsys, out_dir)
+    assert code == 77
+    assert err == f"hotline: refusing to export: {out_dir / name} is a symbolic link " \
+                  "(not following it)\n"
+    assert target.read_bytes() == b"keep me"
+    assert sorted(p.name for p in out_dir.iterdir()) == [name]  # nothing else written
+
+
+def test_export_refuses_a_dangling_symlink_whose_target_would_be_created(
+        link, capsys, tmp_path):
+    config, _ = link
+    out_dir, target = tmp_path / "export", tmp_path / "created-elsewhere"
+    out_dir.mkdir(mode=0o700)
+    (out_dir / "allowed_signers").symlink_to(target)
+    code, _ = export(config, capsys, out_dir)
+    assert code == 77
+    assert not target.exists()
+
+
+def test_export_refuses_a_directory_that_is_a_symlink(link, capsys, tmp_path):
+    config, _ = link
+    real, alias = tmp_path / "real", tmp_path / "alias"
+    real.mkdir(mode=0o700)
+    alias.symlink_to(real)
+    code, err = export(config, capsys, alias)
+    assert code == 77
+    assert "it is a symbolic link (give the real directory)" in err
+    assert list(real.iterdir()) == []
+
+
+def test_export_refuses_a_directory_others_may_write(link, capsys, tmp_path):
+    config, _ = link
+    out_dir = tmp_path / "shared"
+    out_dir.mkdir()
+    out_dir.chmod(0o777)
+    code, err = export(config, capsys, out_dir)
+    assert code == 77
+    assert "no sticky bit" in err
+    assert list(out_dir.iterdir()) == []
+    out_dir.chmod(0o1777)  # sticky, like /tmp: others cannot replace our files
+    code, err = export(config, capsys, out_dir)
+    assert code == 0, err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["allowed_signers", "msg", "msg.sig"]
+
+
+def test_export_refuses_another_users_directory_and_file(link, capsys, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    config, _ = link
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, 65534)
+    code, err = export(config, capsys, theirs)
+    assert code == 77
+    assert "belongs to another user (uid 65534)" in err
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o1777)
+    (ours / "msg.sig").write_text("planted")
+    os.chown(ours / "msg.sig", 65534, 65534)
+    code, err = export(config, capsys, ours)
+    assert code == 77
+    assert "msg.sig exists and is not our own regular file" in err
+    assert (ours / "msg.sig").read_text() == "planted"
+
+
+def test_export_replaces_an_earlier_export_and_files_are_private(link, capsys, tmp_path):
+    config, _ = link
+    out_dir = tmp_path / "new" / "export"
+    assert export(config, capsys, out_dir, seq=1)[0] == 0
+    hard_link = tmp_path / "hard-link-to-msg"
+    os.link(out_dir / "msg", hard_link)
+    first = hard_link.read_bytes()
+    code, err = export(config, capsys, out_dir, seq=2)
+    assert code == 0, err
+    assert ev.decode_envelope_untrusted((out_dir / "msg").read_bytes(), 65536).seq == 2
+    assert hard_link.read_bytes() == first  # a new file, not the old one rewritten
+    assert stat.S_IMODE(out_dir.stat().st_mode) == 0o700
+    for name in ("msg", "msg.sig", "allowed_signers"):
+        assert stat.S_IMODE((out_dir / name).stat().st_mode) == 0o600

@@ -1,4 +1,8 @@
-"""``hotline status``: the link's state, from the running daemon (DESIGN §6)."""
+"""``hotline status``: the link's state, from the running daemon (DESIGN §6).
+
+The text board escapes every string it shows (hotline/textsafe.py), so a name, URL or
+reason can never carry control characters to the terminal.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 from hotline.commands._client import load, open_client, print_json
 from hotline.proto.control import StatusRequest
+from hotline.textsafe import escape
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,9 +31,10 @@ def _ms(value: object) -> str:
 
 
 def render(s: dict[str, Any]) -> str:
-    """A human-readable status board."""
+    """A human-readable status board, every string escaped for the terminal."""
     lines = [
-        f"link to {s['peer']}: {s['state'].upper()}   active path: {s['active'] or 'none'}",
+        f"link to {escape(str(s['peer']))}: {escape(str(s['state'])).upper()}   "
+        f"active path: {escape(str(s['active'] or 'none'))}",
         f"  sent {s['out_seq']}, acknowledged {s['acked']}, backlog {s['backlog']}; "
         f"received {s['in_seq']}; clock skew {_ms(s.get('skew_ms'))}",
     ]
@@ -37,13 +43,14 @@ def render(s: dict[str, Any]) -> str:
         lines.append(f"  session age {age:.0f} s")
     dropped = s.get("dropped") or {}
     if dropped:
-        counts = ", ".join(f"{kind} {n}" for kind, n in sorted(dropped.items()))
+        counts = ", ".join(f"{escape(str(kind))} {n}" for kind, n in sorted(dropped.items()))
         lines.append(f"  refused packets: {counts}")
     for p in s["paths"]:
         heard = p.get("last_heard_s")
         heard_text = f"{heard:.1f} s ago" if isinstance(heard, int | float) else "never"
         lines.append(
-            f"  {p['url']:<32} {p['state']:<5} rtt {_ms(p.get('rtt_ms')):>10}   "
+            f"  {escape(str(p['url'])):<32} {escape(str(p['state'])):<5} "
+            f"rtt {_ms(p.get('rtt_ms')):>10}   "
             f"last heard {heard_text}"
         )
     return "\n".join(lines)

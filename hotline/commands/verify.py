@@ -2,12 +2,12 @@
 
 The store keeps the exact signed bytes of every envelope both ways, so the whole
 transcript can be audited offline, on one consistent snapshot (the daemon may keep
-running). ``verify_store`` checks, and stops at the first bad item:
+running). ``verify_store`` checks every item and collects **every** bad one:
 
-* **sent** (our stream, one epoch): seqs contiguous from 1; each envelope decodes, names
-  its stored seq and our epoch, is from our key to the pinned peer, links to the
-  previous one (``prev`` = SHA-256 of its bytes, zeros for seq 1) and carries our
-  signature (SSHSIG, namespace ``hotline``); the peer's ack is not above our last seq.
+* **sent** (our stream, one epoch): seqs contiguous from 1; each envelope decodes and
+  carries our signature (SSHSIG, namespace ``hotline``), names its stored seq and our
+  epoch, is from our key to the pinned peer and links to the previous one (``prev`` =
+  SHA-256 of its bytes, zeros for seq 1); the peer's ack is not above our last seq.
 * **received** (the peer's streams, one per epoch): the same checks with the roles
   swapped, seqs contiguous from the epoch's first stored seq up to its
   ``delivered_upto`` (a gap above it is legal: those wait for a retransmission; the
@@ -17,46 +17,78 @@ running). ``verify_store`` checks, and stops at the first bad item:
   peer (namespace ``hotline-receipt``), and its chain hash equals that of our stored
   envelope at ``upto``: the peer has signed the very transcript we hold.
 
-Prints ``verified N sent, M received, R receipts: OK``; on a failure, the first bad item
-as one line naming direction and seq, exit 1 (``CheckFailedError``).
+One problem per bad item, naming its direction and seq. A chain link is checked
+against the previous envelope only when that one's bytes are genuine (it decodes and
+its signature verifies), so one altered message is reported once, not again at its
+successor; a missing run of seqs is one problem. Each stream goes through its own
+function that reports into the one ``VerifyReport`` (``add``), so more streams (e.g.
+one per precedence lane) are more calls, not another structure.
+
+Prints ``verified N sent, M received, R receipts: OK``. On failure: each problem as
+one line on stdout (at most ``MAX_SHOWN``, then ``... and K more``), escaped for the
+terminal, then one summary line on stderr, exit 1 (``CheckFailedError``).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hotline.errors import CheckFailedError, RemoteProtocolError
 from hotline.proto import envelope as ev
 from hotline.proto.identity import PublicKey
 from hotline.store import InRecord, PeerStream, ReceiptRecord, Store
+from hotline.textsafe import escape
+
+MAX_SHOWN = 20
 
 
 @dataclass
 class VerifyReport:
-    """What ``verify_store`` checked, and the first problem found (None if all is well)."""
+    """What ``verify_store`` checked, and the problems it found (the first ``MAX_SHOWN``)."""
 
     sent: int = 0
     received: int = 0
     receipts: int = 0
-    problem: str | None = None
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
 
     @property
     def ok(self) -> bool:
         """True if every stored item verified."""
-        return self.problem is None
+        return self.problem_count == 0
+
+    def add(self, problem: str) -> None:
+        """Record one bad item; only the first ``MAX_SHOWN`` are kept (escaped), all counted."""
+        self.problem_count += 1
+        if len(self.problems) < MAX_SHOWN:
+            self.problems.append(escape(problem))
+
+    def problem_lines(self) -> list[str]:
+        """The kept problems, then ``... and K more`` if some were not kept."""
+        hidden = self.problem_count - len(self.problems)
+        return self.problems + ([f"... and {hidden} more"] if hidden else [])
 
     def summary(self) -> str:
         """The one-line result."""
         counts = f"{self.sent} sent, {self.received} received, {self.receipts} receipts"
-        if self.problem is None:
+        if self.ok:
             return f"verified {counts}: OK"
-        return f"verify FAILED: {self.problem} (after {counts} verified)"
+        noun = "problem" if self.problem_count == 1 else "problems"
+        return f"verify FAILED: {self.problem_count} {noun} in {counts}"
 
 
 class _Bad(Exception):
-    """The first bad item; its message names direction and seq."""
+    """One bad item; its message names direction and seq.
+
+    ``genuine``: the item's bytes are still the signer's (they decode and the signature
+    verifies), so its successor's chain link can be checked against them.
+    """
+
+    def __init__(self, message: str, genuine: bool = False) -> None:
+        super().__init__(message)
+        self.genuine = genuine
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if not report.ok:
+        print("\n".join(report.problem_lines()), flush=True)
         raise CheckFailedError(report.summary())
     print(report.summary())
     return 0
@@ -79,17 +112,14 @@ def run(args: argparse.Namespace) -> int:
 
 def verify_store(store: Store, our_public: PublicKey, peer_public: PublicKey) -> VerifyReport:
     """Check every stored envelope and receipt (see the module header). Never raises for
-    a bad item: the first one is reported in ``VerifyReport.problem``."""
+    a bad item: each one is added to the returned ``VerifyReport``."""
     report = VerifyReport()
     with store.snapshot():
-        try:
-            _verify_sent(store, our_public, peer_public, report)
-            for stream in store.peer_epochs():
-                _verify_received(store.iter_incoming(stream.epoch), stream,
-                                 peer_public, our_public, report)
-            _verify_receipts(store, our_public, peer_public, report)
-        except _Bad as bad:
-            report.problem = str(bad)
+        _verify_sent(store, our_public, peer_public, report)
+        for stream in store.peer_epochs():
+            _verify_received(store.iter_incoming(stream.epoch), stream,
+                             peer_public, our_public, report)
+        _verify_receipts(store, our_public, peer_public, report)
     return report
 
 
@@ -97,71 +127,103 @@ def _check_envelope(
     what: str, raw: bytes, sig: bytes, seq: int, epoch: bytes, prev: bytes | None,
     signer: PublicKey, recipient: PublicKey,
 ) -> None:
-    """One envelope: schema, seq, epoch, from/to, chain link (if known), signature."""
+    """One envelope: schema, signature, then seq, epoch, from/to, chain link (if known).
+
+    Raises:
+        _Bad: the first problem; ``genuine`` once schema and signature have passed.
+    """
     try:
         env = ev.decode_envelope_untrusted(raw, max_message=len(raw))
     except RemoteProtocolError as err:
         raise _Bad(f"{what}: not a valid envelope: {err}") from err
-    if env.seq != seq:
-        raise _Bad(f"{what}: the envelope says seq {env.seq}")
-    if env.epoch != epoch:
-        raise _Bad(f"{what}: the envelope is from another epoch ({env.epoch.hex()})")
-    if env.sender != signer.raw or env.recipient != recipient.raw:
-        raise _Bad(f"{what}: wrong from/to keys in the envelope")
-    if prev is not None and env.prev != prev:
-        raise _Bad(f"{what}: broken chain link (prev is not the hash of seq {seq - 1})")
     try:
         ev.verify_envelope(signer, raw, sig)
     except RemoteProtocolError as err:
         raise _Bad(f"{what}: signature does not verify") from err
+    if env.seq != seq:
+        raise _Bad(f"{what}: the envelope says seq {env.seq}", genuine=True)
+    if env.epoch != epoch:
+        raise _Bad(f"{what}: the envelope is from another epoch ({env.epoch.hex()})",
+                   genuine=True)
+    if env.sender != signer.raw or env.recipient != recipient.raw:
+        raise _Bad(f"{what}: wrong from/to keys in the envelope", genuine=True)
+    if prev is not None and env.prev != prev:
+        raise _Bad(f"{what}: broken chain link (prev is not the hash of seq {seq - 1})",
+                   genuine=True)
+
+
+def _checked(report: VerifyReport, what: str, raw: bytes, sig: bytes, seq: int,
+             epoch: bytes, prev: bytes | None, signer: PublicKey,
+             recipient: PublicKey) -> bytes | None:
+    """``_check_envelope``, its problem added to ``report``; returns the ``prev`` the
+    next envelope must carry, or None if these bytes are not genuine."""
+    try:
+        _check_envelope(what, raw, sig, seq, epoch, prev, signer, recipient)
+    except _Bad as bad:
+        report.add(str(bad))
+        return ev.chain_hash(raw) if bad.genuine else None
+    return ev.chain_hash(raw)
+
+
+def _missing(direction: str, first: int, last: int, why: str, tag: str = "") -> str:
+    """One problem line for a run of missing seqs, e.g. ``sent seqs 2-4: missing (…)``."""
+    seqs = f"seq {first}" if first == last else f"seqs {first}-{last}"
+    return f"{direction} {seqs}{tag}: missing ({why})"
 
 
 def _verify_sent(store: Store, ours: PublicKey, peer: PublicKey, report: VerifyReport) -> None:
-    expected, prev = 1, ev.ZERO_HASH
+    expected = 1
+    prev: bytes | None = ev.ZERO_HASH
     for record in store.iter_outgoing():
         if record.seq != expected:
-            raise _Bad(f"sent seq {expected}: missing (next stored is seq {record.seq})")
-        _check_envelope(f"sent seq {record.seq}", record.raw, record.sig, record.seq,
-                        store.epoch, prev, ours, peer)
-        prev = ev.chain_hash(record.raw)
-        expected += 1
+            report.add(_missing("sent", expected, record.seq - 1,
+                                f"next stored is seq {record.seq}"))
+            prev = None
+        prev = _checked(report, f"sent seq {record.seq}", record.raw, record.sig,
+                        record.seq, store.epoch, prev, ours, peer)
+        expected = record.seq + 1
         report.sent += 1
     acked = store.acked_upto()
     if acked > expected - 1:
-        raise _Bad(f"sent seq {expected}: missing (the peer acknowledged up to {acked})")
+        report.add(_missing("sent", expected, acked, f"the peer acknowledged up to {acked}"))
 
 
 def _verify_received(
     records: Iterable[InRecord], stream: PeerStream, peer: PublicKey, ours: PublicKey,
     report: VerifyReport,
 ) -> None:
-    tag = f"(peer epoch {stream.epoch.hex()[:8]})"
+    tag = f" (peer epoch {stream.epoch.hex()[:8]})"
     expected = stream.first_seq
     prev: bytes | None = ev.ZERO_HASH if expected == 1 else None  # unknown below first_seq
     for record in records:
         if record.seq != expected:
-            if expected <= stream.delivered_upto or record.seq < expected:
-                raise _Bad(f"received seq {expected} {tag}: missing "
-                           f"(next stored is seq {record.seq})")
-            prev = None  # a legal gap above delivered_upto: no link to check across it
-        what = f"received seq {record.seq} {tag}"
-        _check_envelope(what, record.raw, record.sig, record.seq, record.epoch, prev,
-                        peer, ours)
-        prev = ev.chain_hash(record.raw)
-        if record.seq == stream.delivered_upto and prev != stream.chain:
-            raise _Bad(f"{what}: the stored chain hash of the delivered head does not match")
+            if expected <= stream.delivered_upto:
+                last = min(record.seq - 1, stream.delivered_upto)
+                report.add(_missing("received", expected, last,
+                                    f"next stored is seq {record.seq}", tag))
+            prev = None  # nothing to check a link across
+        what = f"received seq {record.seq}{tag}"
+        problems_before = report.problem_count
+        prev = _checked(report, what, record.raw, record.sig, record.seq, record.epoch,
+                        prev, peer, ours)
+        good = report.problem_count == problems_before
+        if good and record.seq == stream.delivered_upto and prev != stream.chain:
+            report.add(f"{what}: the stored chain hash of the delivered head does not match")
         expected = record.seq + 1
         report.received += 1
     if expected <= stream.delivered_upto:
-        raise _Bad(f"received seq {expected} {tag}: missing "
-                   f"(delivered up to {stream.delivered_upto})")
+        report.add(_missing("received", expected, stream.delivered_upto,
+                            f"delivered up to {stream.delivered_upto}", tag))
 
 
 def _verify_receipts(
     store: Store, ours: PublicKey, peer: PublicKey, report: VerifyReport,
 ) -> None:
     for record in store.iter_receipts():
-        _check_receipt(store, record, ours, peer)
+        try:
+            _check_receipt(store, record, ours, peer)
+        except _Bad as bad:
+            report.add(str(bad))
         report.receipts += 1
 
 

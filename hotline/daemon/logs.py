@@ -4,8 +4,11 @@ Every log record is an **event**: a kind (``heartbeat``, ``state``, ``auth``, �
 syslog priority and ordered fields. It is rendered three ways:
 
 * **text** (default): ``KIND key=value key=value …``. Values are printed bare unless
-  they are empty or contain a space, quote, ``=`` or a control character; then they
-  are JSON-quoted (``reason="connection refused"``). Unknown numbers print as ``-``.
+  they are empty or contain a space, quote, ``=``, a control character (C0, DEL, C1)
+  or a format character (bidi overrides, zero-width…, hotline/textsafe.py); then they
+  are JSON-quoted with every non-ASCII character as ``\\uXXXX``
+  (``reason="connection refused"``), so a log line on a terminal is inert. Unknown
+  numbers print as ``-``.
   The heartbeat line is a DESIGN §5 **contract**::
 
       heartbeat peer=NAME state=up|degraded|down active=URL rtt_ms=0.42
@@ -51,6 +54,7 @@ from typing import Any, Literal, TextIO
 from hotline.daemon.unixdgram import UnixDatagramSender
 from hotline.proto.notices import CRIT, DEBUG, ERR, INFO, NOTICE, WARNING
 from hotline.proto.status import LinkSnapshot
+from hotline.textsafe import has_unsafe_chars
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 SYSLOG_IDENTIFIER = "hotline"
@@ -89,7 +93,8 @@ def format_value(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     text = str(value)
-    return text if _BARE.fullmatch(text) else json.dumps(text)
+    safe = _BARE.fullmatch(text) and not has_unsafe_chars(text)
+    return text if safe else json.dumps(text)  # ASCII-only: \u escapes for the rest
 
 
 def _plain(value: object) -> str:

@@ -61,6 +61,9 @@ def test_heartbeat_line_unknowns() -> None:
         ("plain", "plain"), ("two words", '"two words"'), ("", '""'), ("a=b", '"a=b"'),
         ('q"uote', '"q\\"uote"'), ("line\nbreak", '"line\\nbreak"'), (None, "-"),
         (True, "true"), (3, "3"), (0.123, "0.12"),
+        ("csi\u009b2J", '"csi\\u009b2J"'), ("rlo\u202eexe", '"rlo\\u202eexe"'),
+        ("esc\x1b]0;t\x07", '"esc\\u001b]0;t\\u0007"'), ("del\x7f", '"del\\u007f"'),
+        ("\u041c\u043e\u0441\u043a\u0432\u0430", "\u041c\u043e\u0441\u043a\u0432\u0430"),
     ],
 )
 def test_format_value(value: object, text: str) -> None:

@@ -1,15 +1,16 @@
 """Noise rev 34 test vectors (cacophony): every 25519/ChaChaPoly vector, all four hashes.
 
-The vector file is ``$HOTLINE_NOISE_VECTORS`` or ``<repo>/../shared/vectors/cacophony.txt``
-(format and message directions in that directory's README). Each vector runs both sides
+The vector file lives in the repository, ``tests/vectors/cacophony.txt`` (source,
+licence and format in that directory's README); its SHA-256 is checked, and a missing
+or altered file fails the suite rather than skipping it. Each vector runs both sides
 of the handshake with the fixed ephemerals and checks every ciphertext byte for byte,
 every payload, the handshake hash, then the transport messages.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -18,31 +19,30 @@ import pytest
 
 from hotline.proto.noise import CipherState, HandshakeState
 
-REPO = Path(__file__).resolve().parents[2]
+VECTOR_FILE = Path(__file__).resolve().parents[1] / "vectors" / "cacophony.txt"
+VECTOR_SHA256 = "3bde7c09a6f349ee11c825c50fcc02649f8f02a47c857a459206b357f9386cae"
 NAME = re.compile(r"Noise_[A-Za-z0-9]+_25519_ChaChaPoly_(BLAKE2s|BLAKE2b|SHA256|SHA512)")
 EXPECTED_COUNT = 236
 
 
-def _vector_file() -> Path | None:
-    env = os.environ.get("HOTLINE_NOISE_VECTORS")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO.parent / "shared" / "vectors" / "cacophony.txt")
-    return next((p for p in candidates if p.is_file()), None)
-
-
-VECTOR_FILE = _vector_file()
-SKIP_REASON = ("Noise vector file not found: set HOTLINE_NOISE_VECTORS or put it at "
-               "../shared/vectors/cacophony.txt")
-
-
 def _load() -> list[dict[str, Any]]:
-    if VECTOR_FILE is None:
+    """The usable vectors; none if the file is missing (then the tests below fail)."""
+    if not VECTOR_FILE.is_file():
         return []
-    data = json.loads(VECTOR_FILE.read_text())
+    data = json.loads(VECTOR_FILE.read_bytes())
     return [v for v in data["vectors"] if NAME.fullmatch(v["protocol_name"])]
 
 
 VECTORS = _load()
+
+
+def test_vector_file_is_the_published_one() -> None:
+    assert VECTOR_FILE.is_file(), f"{VECTOR_FILE} is missing: the Noise vectors cannot run"
+    assert hashlib.sha256(VECTOR_FILE.read_bytes()).hexdigest() == VECTOR_SHA256
+
+
+def test_every_usable_vector_is_collected() -> None:
+    assert len(VECTORS) == EXPECTED_COUNT
 
 
 def _key(vector: dict[str, Any], field: str) -> bytes | None:
@@ -88,12 +88,6 @@ def _run_transport(vector: dict[str, Any], start: int, pairs: tuple[CipherState,
         assert receiver.decrypt_with_ad(b"", ciphertext) == payload
 
 
-@pytest.mark.skipif(VECTOR_FILE is None, reason=SKIP_REASON)
-def test_every_usable_vector_is_collected() -> None:
-    assert len(VECTORS) == EXPECTED_COUNT
-
-
-@pytest.mark.skipif(VECTOR_FILE is None, reason=SKIP_REASON)
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["protocol_name"] for v in VECTORS])
 def test_vector(vector: dict[str, Any]) -> None:
     init = _side(vector, "init", initiator=True)
