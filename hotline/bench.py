@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hotline.control_client import ControlClient, connect
-from hotline.proto.control import SendRequest, WaitRequest
+from hotline.proto.requests import SendRequest, WaitRequest
 from hotline.testing.loopback import LoopbackPair, ProxiedPair
 
 _BATCH = 100
@@ -93,12 +93,12 @@ def _throughput(client: ControlClient, total: int) -> float:
         sent += n
         pending += 1
         if pending >= 8:
-            last = max(client.read_reply()["seqs"])
+            last = max(seq for _lane, seq in client.read_reply()["ids"])
             pending -= 1
     while pending:
-        last = max(client.read_reply()["seqs"])
+        last = max(seq for _lane, seq in client.read_reply()["ids"])
         pending -= 1
-    client.request(WaitRequest(upto=last, timeout=120))
+    client.request(WaitRequest(3, last, 120))
     return total / (time.perf_counter() - start)
 
 

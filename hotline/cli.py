@@ -48,6 +48,30 @@ def _add_link_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _lane(text: str) -> int:
+    from hotline.proto.lanes import parse_lane
+
+    try:
+        return parse_lane(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _message_id(text: str) -> tuple[int, int]:
+    from hotline.proto.lanes import parse_message_id
+
+    try:
+        return parse_message_id(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _send_id(text: str) -> str:
+    if not 0 < len(text.encode()) <= 128:
+        raise argparse.ArgumentTypeError("an id is 1..128 bytes")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``hotline`` argument parser (DESIGN §6 contract)."""
     parser = _Parser(prog="hotline", description="A secure, always-on line between two ends.")
@@ -71,9 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("send", help="send a message (TEXT or stdin)")
     _add_link_options(p)
-    p.add_argument("--wait", action="store_true", help="return only once acknowledged")
+    p.add_argument("-p", "--precedence", type=_lane, default=3, metavar="P",
+                   help="flash, immediate, priority or routine (Z, O, P, R; default routine)")
+    p.add_argument("--wait", action="store_true",
+                   help="return only once the peer stored it (acknowledged)")
+    p.add_argument("--wait-operator", action="store_true",
+                   help="return only once the peer's operator acknowledged it (hotline ack)")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
-                   help="with --wait: give up after S seconds (exit 75)")
+                   help="with --wait/--wait-operator: give up after S seconds (exit 75)")
+    p.add_argument("--id", type=_send_id, default=None, metavar="ID",
+                   help="idempotency id: a later send with the same ID stores nothing and "
+                        "prints the first one's id (with --lines, line k carries ID:k)")
     p.add_argument("--lines", action="store_true", help="send each stdin line as a message")
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.add_argument("--type", default="text/plain", help="media type (default text/plain)")
@@ -81,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inbox", help="print received messages", description=INBOX_TEXT_HELP)
     _add_link_options(p)
-    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="only seqs above SEQ")
+    p.add_argument("--since", type=_message_id, default=None, metavar="ID",
+                   help="only messages received after message ID (Z17, O4, P9, 1234)")
     p.add_argument("--follow", action="store_true", help="keep printing new messages")
+    p.add_argument("--pending", action="store_true",
+                   help="only messages still owed our operator's acknowledgement")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="one JSON object per message")
     form.add_argument("--raw", action="store_true", help=INBOX_RAW_HELP)
@@ -94,9 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="re-check every stored signature, chain link, receipt")
     _add_link_options(p)
 
+    p = sub.add_parser("ack", help="acknowledge received messages as their operator")
+    _add_link_options(p)
+    p.add_argument("ids", nargs="+", type=_message_id, metavar="ID",
+                   help="message ids (Z17, O4, P9, 1234)")
+    p.add_argument("--comment", default="", help="a comment signed with the acknowledgement")
+
     p = sub.add_parser("export", help="write a message and its SSH signature to DIR")
     _add_link_options(p)
-    p.add_argument("seq", type=int, help="sequence number of a message")
+    p.add_argument("id", type=_message_id, metavar="ID", help="message id (Z17, O4, P9, 1234)")
     p.add_argument("dir", help="directory to write msg, msg.sig and allowed_signers into "
                    "(created 0700 if missing); exit 77 if it is a symlink, not ours, "
                    "writable by others without the sticky bit, or holds a symlink or a "

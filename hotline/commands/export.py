@@ -1,4 +1,4 @@
-"""``hotline export SEQ DIR``: one stored message as files stock OpenSSH can verify.
+"""``hotline export ID DIR``: one stored message as files stock OpenSSH can verify.
 
 Writes three files (mode 0600) into DIR (created 0700 if missing):
 
@@ -9,9 +9,12 @@ Writes three files (mode 0600) into DIR (created 0700 if missing):
   the signer, so the printed command works as is:
   ``ssh-keygen -Y verify -f DIR/allowed_signers -I NAME -n hotline -s DIR/msg.sig < DIR/msg``.
 
+ID is a message id (``Z17``, ``O4``, ``P9``, or a bare routine seq, DESIGN §9).
 ``--direction in`` (default) exports a message received from the peer (latest peer
 epoch), signed by the pinned peer key and named by ``peer.name``; ``out`` exports one
-we sent, signed by our key and named by its comment (``self`` if it has none usable).
+we sent (our current epoch), signed by our key and named by its comment (``self`` if
+it has none usable). An operator acknowledgement is a message like any other, so
+``hotline export --direction out Z3`` exports the ack our operator signed.
 The signature is checked before anything is written.
 
 **Never through a link, never where others can swap the files.** DIR is opened with
@@ -41,6 +44,7 @@ from pathlib import Path
 from hotline.errors import AccessDeniedError, CheckFailedError, RemoteProtocolError, UsageError
 from hotline.proto import envelope as ev
 from hotline.proto.identity import PublicKey
+from hotline.proto.lanes import message_id
 from hotline.store import Store
 
 _PRINCIPAL = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
@@ -59,7 +63,7 @@ class Signer:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``hotline export -c FILE SEQ DIR [--direction in|out]``."""
+    """Entry point of ``hotline export -c FILE ID DIR [--direction in|out]``."""
     from hotline.config import find_config, load_config
     from hotline.keyfile import load_identity_with_comment
 
@@ -70,13 +74,15 @@ def run(args: argparse.Namespace) -> int:
               if outgoing else Signer(config.peer_name, config.peer_key))
     store = Store.open(config.state_dir, identity.public.raw, config.peer_key.raw,
                        create=False)
+    lane, seq = args.id
     try:
         directory = Path(args.dir)
-        export_message(store, args.seq, outgoing, directory, signer)
+        export_message(store, lane, seq, outgoing, directory, signer)
     finally:
         store.close()
     print(f"wrote {directory / 'msg'}, msg.sig and allowed_signers "
-          f"({'sent' if outgoing else 'received'} seq {args.seq}, signed by {signer.name})")
+          f"({'sent' if outgoing else 'received'} {message_id(lane, seq)}, "
+          f"signed by {signer.name})")
     print("verify with: " + verify_command(directory, signer.name))
     return 0
 
@@ -90,7 +96,7 @@ def verify_command(directory: Path, name: str) -> str:
 
 
 def export_message(
-    store: Store, seq: int, outgoing: bool, directory: Path, signer: Signer,
+    store: Store, lane: int, seq: int, outgoing: bool, directory: Path, signer: Signer,
 ) -> None:
     """Write ``msg``, ``msg.sig`` and ``allowed_signers`` for one stored message.
 
@@ -99,15 +105,16 @@ def export_message(
         CheckFailedError: its stored signature does not verify (nothing is written).
         AccessDeniedError: DIR is unsafe or cannot be written (``write_files``).
     """
-    record = store.get_outgoing(seq) if outgoing else store.get_incoming(seq)
+    record = store.get_outgoing(lane, seq) if outgoing else store.get_incoming(lane, seq)
+    name = message_id(lane, seq)
     if record is None:
         what = "sent message" if outgoing else "received message (latest peer epoch)"
-        raise UsageError(f"no {what} with seq {seq} in {store.path}")
+        raise UsageError(f"no {what} {name} in {store.path}")
     try:
         ev.verify_envelope(signer.public, record.raw, record.sig)
     except RemoteProtocolError as err:
         raise CheckFailedError(
-            f"seq {seq}: the stored signature does not verify; not exporting it") from err
+            f"{name}: the stored signature does not verify; not exporting it") from err
     armored = ev.armor_signature(signer.public, ev.NAMESPACE_ENVELOPE, record.sig)
     allowed = (f'{signer.name} namespaces="{ev.NAMESPACE_ENVELOPE}" '
                f"{signer.public.openssh_line()}\n")

@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from hotline.commands._client import load, open_client, print_json
-from hotline.proto.control import StatusRequest
+from hotline.proto.requests import StatusRequest
 from hotline.textsafe import escape
 
 
@@ -30,14 +30,25 @@ def _ms(value: object) -> str:
     return f"{value:.2f} ms" if isinstance(value, int | float) else "-"
 
 
+def _ids(items: list[dict[str, Any]]) -> str:
+    return " ".join(escape(str(i["id"])) for i in items[:10]) or "none"
+
+
 def render(s: dict[str, Any]) -> str:
     """A human-readable status board, every string escaped for the terminal."""
     lines = [
         f"link to {escape(str(s['peer']))}: {escape(str(s['state'])).upper()}   "
         f"active path: {escape(str(s['active'] or 'none'))}",
-        f"  sent {s['out_seq']}, acknowledged {s['acked']}, backlog {s['backlog']}; "
-        f"received {s['in_seq']}; clock skew {_ms(s.get('skew_ms'))}",
+        f"  backlog {s['backlog']}; clock skew {_ms(s.get('skew_ms'))}; "
+        f"post-quantum {'yes' if s.get('pq') else 'no'}",
     ]
+    for name, lane in (s.get("lanes") or {}).items():
+        lines.append(f"  {escape(str(name)):<9} sent {lane['out_seq']}, acknowledged "
+                     f"{lane['acked']}, backlog {lane['backlog']}; received {lane['in_seq']}")
+    pending, owed = s.get("operator_pending") or [], s.get("operator_owed") or []
+    if pending or owed:
+        lines.append(f"  awaiting the peer's operator: {_ids(pending)}; "
+                     f"owed by ours: {_ids(owed)}")
     age = s.get("session_age_s")
     if isinstance(age, int | float):
         lines.append(f"  session age {age:.0f} s")

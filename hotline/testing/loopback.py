@@ -206,7 +206,7 @@ class LoopbackPair:
         """``status --json`` of node ``index``, or None if its daemon does not answer."""
         from hotline.control_client import connect
         from hotline.errors import UserError
-        from hotline.proto.control import StatusRequest
+        from hotline.proto.requests import StatusRequest
 
         try:
             with connect(self.nodes[index].control, timeout=10) as client:
