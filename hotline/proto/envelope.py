@@ -73,8 +73,7 @@ DEFAULT_TYPE = "text/plain"
 NAMESPACE_ENVELOPE = "hotline"
 NAMESPACE_RECEIPT = "hotline-receipt"
 SSHSIG_MAGIC = b"SSHSIG"
-SSHSIG_VERSION = 2  # what we write; version 1 is still read
-RECEIPT_VERSION = 2
+SSHSIG_VERSION = 1
 SSHSIG_HASH = "sha512"
 ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 ARMOR_END = "-----END SSH SIGNATURE-----"
@@ -181,6 +180,8 @@ def decode_envelope_untrusted(raw: bytes, max_message: int) -> Envelope:
     if len(raw) > max_message + ENVELOPE_OVERHEAD:
         raise LimitError(f"envelope of {len(raw)} bytes is over the limit")
     fields = _unpack_array_untrusted(raw, (9, 10), max_bin=max_message + ENVELOPE_OVERHEAD)
+    if (fields[0], len(fields)) not in ((1, 9), (VERSION, 10)):
+        raise DecodeError("envelope version and length do not match (v1: 9, v2: 10 items)")
     if len(fields) == 9:  # version 1: no lane, routine
         fields = (*fields[:4], ROUTINE, *fields[4:])
     _check_envelope_fields(fields, max_message)
@@ -201,6 +202,8 @@ def decode_receipt_untrusted(raw: bytes) -> Receipt:
     fields = _unpack_array_untrusted(raw, (4, 7), max_bin=KEY_LEN)
     if len(fields) == 4:  # version 1: routine lane, epoch implied
         fields = (1, fields[0], fields[1], None, ROUTINE, fields[2], fields[3])
+    elif fields[0] != RECEIPT_VERSION:
+        raise DecodeError("a receipt of 7 items is version 2")
     _check_receipt_fields(fields)
     _v, sender, recipient, epoch, lane, upto, chain = fields
     return Receipt(sender, recipient, epoch, lane, upto, chain, raw=bytes(raw))
