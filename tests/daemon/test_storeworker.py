@@ -177,7 +177,7 @@ async def test_jobs_queued_before_shutdown_are_finished(tmp_path: Path) -> None:
     records = sealed(store, ROUTINE, 50)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(worker.run)
-        await trio.lowlevel.checkpoint()  # the thread is started
+        await worker.call(threading.current_thread)  # the thread is serving
         for record in records:
             worker.submit(Commit(StoreBatch(outgoing=[record])))
         nursery.cancel_scope.cancel()
