@@ -335,6 +335,37 @@ def test_a_first_release_receipt_still_verifies(link):
     assert report.receipts == 4
 
 
+def v1_chain(signer: Identity, to: Identity, epoch: bytes, count: int) -> list[InRecord]:
+    """First-release envelopes (version 1: no lane, so routine), signed and chained."""
+    out, prev = [], ev.ZERO_HASH
+    for seq in range(1, count + 1):
+        raw = msgpack.packb([1, epoch, signer.public.raw, to.public.raw, seq, seq, prev,
+                             "text/plain", f"old {seq}".encode()], use_bin_type=True)
+        out.append(InRecord(epoch, ROUTINE, seq, raw, ev.sign_envelope(signer, raw)))
+        prev = ev.chain_hash(raw)
+    return out
+
+
+def test_first_release_envelopes_verify_as_routine(link, capsys):
+    """A migrated store keeps version-1 envelopes (both ways) as routine: they verify."""
+    peer_old, ours_old = bytes([11]) * 16, bytes([12]) * 16
+    store = Store.open(link.db.parent, OURS.public.raw, THEIRS.public.raw)
+    commit(store, incoming=joined(peer_old))
+    commit(store, incoming=v1_chain(THEIRS, OURS, peer_old, 3))
+    commit(store, new_epoch=NewOutEpoch(ours_old, "test"))
+    mine = v1_chain(OURS, THEIRS, ours_old, 2)
+    commit(store, outgoing=[OutRecord(r.epoch, r.lane, r.seq, r.raw, r.sig,
+                                      ev.chain_hash(r.raw)) for r in mine])
+    report = verify_store(store, OURS.public, THEIRS.public)
+    store.close()
+    assert report.ok, report.problems
+    assert (report.sent, report.received) == (8 + 2, 7 + 3)
+    flip_last_byte(link.db, "incoming", 2, ROUTINE, peer_old)
+    code, out, _ = verify_streams(link.config, capsys)
+    assert code == 1
+    assert out == "received routine seq 2 (peer epoch 0b0b0b0b): signature does not verify\n"
+
+
 def test_verify_without_store(link, capsys):
     for name in ("hotline.db", "hotline.db-wal", "hotline.db-shm"):
         (link.db.parent / name).unlink(missing_ok=True)
