@@ -63,8 +63,7 @@ def _packed(**over: object) -> bytes:
 def _encode(**over: object) -> bytes:
     """``encode_envelope`` of the v2 fields (``v`` is not a parameter: it always writes 2)."""
     _v, epoch, sender, recipient, lane, seq, ts, prev, type_, body = _fields(**over)
-    return ev.encode_envelope(epoch, sender, recipient, seq, ts, prev, type_, body,  # type: ignore[arg-type]
-                              lane=lane)  # type: ignore[arg-type]
+    return ev.encode_envelope(epoch, sender, recipient, seq, ts, prev, type_, body, lane=lane)
 
 
 # --- envelopes ------------------------------------------------------------------------
