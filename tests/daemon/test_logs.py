@@ -1,4 +1,8 @@
-"""Log lines: the heartbeat contract, JSON, journald prefixes and the native socket."""
+"""Log lines: the heartbeat contract, JSON, journald prefixes and the native socket.
+
+The endpoint decides what is logged (``hotline.proto.notices``: a ``Notice`` per event,
+``heartbeat_notice`` for the DESIGN §5 line); ``hotline.daemon.logs`` only renders.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +19,14 @@ import pytest
 
 from hotline.daemon.logs import (
     MESSAGE_IDS,
-    HeartbeatSchedule,
-    LinkSnapshot,
     Logger,
-    PathSnapshot,
+    format_line,
     format_value,
-    heartbeat_line,
     journal_datagram,
 )
-from hotline.errors import DecodeError
+from hotline.proto.lanes import NAMES
+from hotline.proto.notices import Notice, heartbeat_notice
+from hotline.proto.status import LaneSnapshot, LinkSnapshot, OperatorItem, PathSnapshot
 
 TCP, UDP = "tcp://203.0.113.7:7411", "udp://203.0.113.7:7411"
 
@@ -32,27 +35,52 @@ def snap(state: str = "up", **kw: Any) -> LinkSnapshot:
     fields: dict[str, Any] = {
         "peer": "moscow", "state": state, "active": TCP,
         "paths": (PathSnapshot(TCP, "up", 0.42, 0.1), PathSnapshot(UDP, "down", 3.0, 9.5)),
-        "out_seq": 12, "acked": 11, "in_seq": 7, "backlog": 1, "skew_ms": -1.5,
-        "session_age_s": 30.0,
+        "lanes": (LaneSnapshot(), LaneSnapshot(), LaneSnapshot(), LaneSnapshot(12, 11, 7)),
+        "skew_ms": -1.5, "session_age_s": 30.0,
     }
     fields.update(kw)
     return LinkSnapshot(**fields)
 
 
+def text_line(notice: Notice) -> str:
+    """The text line the daemon writes for a notice."""
+    return format_line(notice.kind, notice.fields)
+
+
+def emit(log: Logger, notice: Notice) -> None:
+    """What the runner does with each of the endpoint's notices."""
+    log.emit(notice.kind, notice.priority, notice.fields, notice.json)
+
+
 def test_heartbeat_line_contract() -> None:
-    assert heartbeat_line(snap()) == (
+    assert text_line(heartbeat_notice(snap())) == (
         f"heartbeat peer=moscow state=up active={TCP} rtt_ms=0.42 "
         f"paths={TCP}:up:0.42,{UDP}:down out_seq=12 acked=11 in_seq=7 backlog=1 "
         "skew_ms=-1.50"
     )
 
 
+def test_heartbeat_line_counts_routine_seqs_and_every_lane_backlog() -> None:
+    """``out_seq``/``acked``/``in_seq`` are the routine lane's (its ids are bare seqs);
+    ``backlog`` is every lane's unacknowledged messages."""
+    lanes = (LaneSnapshot(5, 2, 9), LaneSnapshot(1, 0, 0), LaneSnapshot(), LaneSnapshot(12, 11, 7))
+    assert text_line(heartbeat_notice(snap(lanes=lanes))) == (
+        f"heartbeat peer=moscow state=up active={TCP} rtt_ms=0.42 "
+        f"paths={TCP}:up:0.42,{UDP}:down out_seq=12 acked=11 in_seq=7 backlog=5 "
+        "skew_ms=-1.50"
+    )
+
+
 def test_heartbeat_line_unknowns() -> None:
     s = LinkSnapshot("moscow", "down", None, (PathSnapshot(TCP, "down"),))
-    assert heartbeat_line(s) == (
+    assert text_line(heartbeat_notice(s)) == (
         f"heartbeat peer=moscow state=down active=- rtt_ms=- paths={TCP}:down "
         "out_seq=0 acked=0 in_seq=0 backlog=0 skew_ms=-"
     )
+
+
+def test_heartbeat_priority_follows_the_state() -> None:
+    assert [heartbeat_notice(snap(s)).priority for s in ("up", "degraded", "down")] == [6, 4, 4]
 
 
 @pytest.mark.parametrize(
@@ -90,32 +118,37 @@ def test_text_events() -> None:
 def test_json_format() -> None:
     out = io.StringIO()
     log = Logger(out, "json", clock=lambda: 1_700_000_000.25)
-    log.heartbeat(snap())
+    emit(log, heartbeat_notice(snap()))
     log.state("moscow", UDP, "up")
     first, second = (json.loads(line) for line in out.getvalue().splitlines())
     assert first["ts"] == "2023-11-14T22:13:20.250Z"
     assert first["event"] == "heartbeat"
     assert first["priority"] == 6
-    for key in ("peer", "state", "active", "paths", "out_seq", "acked", "in_seq",
-                "backlog", "skew_ms"):
-        assert key in first
     assert first["paths"][0] == {"url": TCP, "state": "up", "rtt_ms": 0.42,
                                  "last_heard_s": 0.1}
     assert second == {"ts": "2023-11-14T22:13:20.250Z", "event": "state", "priority": 5,
                       "peer": "moscow", "path": UDP, "change": "up", "reason": None}
 
 
-def test_status_json_round_trip() -> None:
-    s = snap()
-    d = json.loads(json.dumps(s.to_json_dict()))
-    assert LinkSnapshot.from_json_dict_untrusted(d) == LinkSnapshot(
-        **{**s.__dict__, "paths": tuple(s.paths)})
-
-
-@pytest.mark.parametrize("bad", [{}, {"peer": 1}, [], {**snap().to_json_dict(), "acked": "x"}])
-def test_status_json_bad(bad: Any) -> None:
-    with pytest.raises(DecodeError):
-        LinkSnapshot.from_json_dict_untrusted(bad)
+def test_json_heartbeat_is_the_status_json_object() -> None:
+    """DESIGN §6 and §9: the JSON heartbeat's fields are exactly ``status --json``."""
+    s = snap(lanes=(LaneSnapshot(2, 1, 3), LaneSnapshot(), LaneSnapshot(), LaneSnapshot(12, 11, 7)),
+             operator_pending=(OperatorItem("Z2", 4.0, 596.0),),
+             operator_owed=(OperatorItem("O1", 700.0, -100.0),))
+    out = io.StringIO()
+    emit(Logger(out, "json", clock=lambda: 0.0), heartbeat_notice(s))
+    obj = json.loads(out.getvalue())
+    assert {k: v for k, v in obj.items() if k not in ("ts", "event", "priority")} == json.loads(
+        json.dumps(s.to_json_dict()))
+    for key in ("peer", "state", "active", "rtt_ms", "paths", "out_seq", "acked", "in_seq",
+                "backlog", "skew_ms", "lanes", "operator_pending", "operator_owed"):
+        assert key in obj
+    assert (obj["out_seq"], obj["acked"], obj["in_seq"], obj["backlog"]) == (12, 11, 7, 2)
+    assert list(obj["lanes"]) == list(NAMES)
+    assert obj["lanes"]["flash"] == {"out_seq": 2, "acked": 1, "in_seq": 3, "backlog": 1}
+    assert obj["lanes"]["routine"] == {"out_seq": 12, "acked": 11, "in_seq": 7, "backlog": 1}
+    assert obj["operator_pending"] == [{"id": "Z2", "age_s": 4.0, "deadline_s": 596.0}]
+    assert obj["operator_owed"] == [{"id": "O1", "age_s": 700.0, "deadline_s": -100.0}]
 
 
 def test_debug_dropped_unless_enabled() -> None:
@@ -136,9 +169,9 @@ def test_sinks_get_event_objects() -> None:
     got: list[dict[str, Any]] = []
     log = Logger(io.StringIO())
     remove = log.add_sink(got.append)
-    log.heartbeat(snap())
+    emit(log, heartbeat_notice(snap()))
     remove()
-    log.heartbeat(snap())
+    emit(log, heartbeat_notice(snap()))
     assert len(got) == 1
     assert got[0]["event"] == "heartbeat"
     assert got[0]["state"] == "up"
@@ -166,21 +199,21 @@ def _read(stream: TextIO) -> list[str]:
 def test_priority_prefixes_under_journal(logfile: TextIO, tmp_path: Path) -> None:
     log = Logger.from_env(logfile, environ=_journal_env(logfile),
                           journal_path=str(tmp_path / "no-journal"))
-    log.heartbeat(snap())
-    log.heartbeat(snap("degraded"))
+    emit(log, heartbeat_notice(snap()))
+    emit(log, heartbeat_notice(snap("degraded")))
     log.state("moscow", TCP, "up")
     log.state("moscow", TCP, "down", "timeout")
     log.auth("moscow", "bad signature")
     log.insecure("/k", "mode 0644")
     prefixes = [line[:3] for line in _read(logfile)]
     assert prefixes == ["<6>", "<4>", "<5>", "<4>", "<3>", "<2>"]
-    assert _read(logfile)[0] == "<6>" + heartbeat_line(snap())
+    assert _read(logfile)[0] == "<6>" + text_line(heartbeat_notice(snap()))
 
 
 def test_no_prefix_when_journal_stream_is_another_file(logfile: TextIO) -> None:
     log = Logger.from_env(logfile, environ={"JOURNAL_STREAM": "1:2"})
-    log.heartbeat(snap())
-    assert _read(logfile) == [heartbeat_line(snap())]
+    emit(log, heartbeat_notice(snap()))
+    assert _read(logfile) == [text_line(heartbeat_notice(snap()))]
 
 
 def _parse_native(data: bytes) -> dict[str, str]:
@@ -207,9 +240,9 @@ def journal(unix_dgram: tuple[socket.socket, str]) -> tuple[socket.socket, str]:
 def test_native_journal_fields(logfile: TextIO, journal: tuple[socket.socket, str]) -> None:
     sock, path = journal
     log = Logger.from_env(logfile, environ=_journal_env(logfile), journal_path=path)
-    log.heartbeat(snap())
+    emit(log, heartbeat_notice(snap()))
     fields = _parse_native(sock.recv(65536))
-    assert fields["MESSAGE"] == heartbeat_line(snap())
+    assert fields["MESSAGE"] == text_line(heartbeat_notice(snap()))
     assert fields["PRIORITY"] == "6"
     assert fields["SYSLOG_IDENTIFIER"] == "hotline"
     assert fields["MESSAGE_ID"] == MESSAGE_IDS["heartbeat"]
@@ -242,17 +275,3 @@ def test_journal_datagram_binary_safe() -> None:
     data = journal_datagram({"MESSAGE": "a\nb", "PRIORITY": "6"})
     assert data == b"MESSAGE\n" + struct.pack("<Q", 3) + b"a\nb\nPRIORITY=6\n"
     assert _parse_native(data) == {"MESSAGE": "a\nb", "PRIORITY": "6"}
-
-
-# --- schedule ---------------------------------------------------------------------------
-
-
-def test_heartbeat_schedule() -> None:
-    sched = HeartbeatSchedule(60.0)
-    assert sched.due(snap(), 0.0)
-    assert not sched.due(snap(out_seq=99), 30.0)  # counters alone are no change
-    assert sched.due(snap("degraded"), 31.0)  # state change: at once
-    assert not sched.due(snap("degraded"), 32.0)
-    down_udp = (PathSnapshot(TCP, "up", 0.4), PathSnapshot(UDP, "up", 0.5))
-    assert sched.due(snap("degraded", paths=down_udp), 33.0)  # a path changed
-    assert sched.due(snap("degraded", paths=down_udp), 93.0)  # log_every elapsed

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hotline.errors import DecodeError, LimitError, RemoteProtocolError
-from hotline.proto.envelope import MAX_RECEIPT
+from hotline.proto.envelope import MAX_RECEIPT, ZERO_HASH
 from hotline.proto.frames import (
     MAX_RANGES,
     Ack,
@@ -20,19 +20,27 @@ from hotline.proto.frames import (
     Keepalive,
     Ping,
     Pong,
+    Position,
     Receipt,
     decode_frame_untrusted,
     encode_frame,
     max_frame_len,
 )
+from hotline.proto.lanes import FLASH, LANES, ROUTINE
 
 MAX_MESSAGE = 65536
 E = b"\x01" * 16
 SIG = b"\x02" * 64
+H = b"\x03" * 32  # a chain hash
+Z = ZERO_HASH
 
 uints = st.integers(min_value=0, max_value=2**63 - 1)
 epochs = st.binary(min_size=16, max_size=16)
 sigs = st.binary(min_size=64, max_size=64)
+hashes = st.binary(min_size=32, max_size=32)
+lanes = st.sampled_from(LANES)
+per_lane_uints = st.tuples(uints, uints, uints, uints)
+positions = st.builds(Position, uints, hashes)
 
 
 @st.composite
@@ -42,11 +50,12 @@ def acks(draw: st.DrawFn) -> Ack:
     if len(bounds) % 2:
         bounds.pop()
     ranges = tuple((bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2))
-    return Ack(draw(epochs), upto, ranges, draw(uints))
+    return Ack(draw(epochs), draw(lanes), upto, draw(hashes), ranges, draw(uints))
 
 
 frames: st.SearchStrategy[Frame] = st.one_of(
-    st.builds(Hello, epochs, uints, st.none() | epochs, uints),
+    st.builds(Hello, epochs, per_lane_uints, st.none() | epochs,
+              st.tuples(positions, positions, positions, positions)),
     st.builds(Data, st.binary(min_size=1, max_size=2000), sigs),
     acks(),
     st.builds(Receipt, st.binary(min_size=1, max_size=MAX_RECEIPT), sigs),
@@ -61,11 +70,40 @@ def test_round_trip(frame: Frame) -> None:
     assert decode_frame_untrusted(encode_frame(frame), MAX_MESSAGE) == frame
 
 
+def _fresh_hello() -> Hello:
+    """A HELLO from an end that never heard of the peer's stream."""
+    return Hello(E, (1, 1, 1, 1), None, (Position(0, Z),) * len(LANES))
+
+
 def test_wire_layout_is_positional_array() -> None:
-    ack = Ack(E, 5, ((7, 9), (11, 11)), 4096)
-    assert msgpack.unpackb(encode_frame(ack)) == [3, E, 5, [[7, 9], [11, 11]], 4096]
-    assert msgpack.unpackb(encode_frame(Hello(E, 1, None, 0))) == [1, E, 1, None, 0]
+    ack = Ack(E, FLASH, 5, H, ((7, 9), (11, 11)), 4096)
+    assert msgpack.unpackb(encode_frame(ack)) == [3, E, 0, 5, H, [[7, 9], [11, 11]], 4096]
+    assert msgpack.unpackb(encode_frame(_fresh_hello())) == [
+        1, E, [1, 1, 1, 1], None, [[0, Z]] * 4]
+    hello = Hello(E, (1, 2, 3, 4), b"\x05" * 16,
+                  (Position(0, Z), Position(1, H), Position(2, H), Position(7, H)))
+    assert msgpack.unpackb(encode_frame(hello)) == [
+        1, E, [1, 2, 3, 4], b"\x05" * 16, [[0, Z], [1, H], [2, H], [7, H]]]
     assert encode_frame(Keepalive()) == b"\x91\x07"
+
+
+def test_hello_and_ack_decode_per_lane() -> None:
+    hello = Hello(E, (3, 1, 1, 9), b"\x05" * 16,
+                  (Position(2, H), Position(0, Z), Position(0, Z), Position(8, H)))
+    decoded = decode_frame_untrusted(encode_frame(hello), MAX_MESSAGE)
+    assert isinstance(decoded, Hello)
+    assert decoded.base_seqs[FLASH] == 3
+    assert decoded.base_seqs[ROUTINE] == 9
+    assert decoded.delivered[ROUTINE] == Position(8, H)
+    for lane in LANES:
+        ack = decode_frame_untrusted(encode_frame(Ack(E, lane, 1, H, (), 8)), MAX_MESSAGE)
+        assert isinstance(ack, Ack)
+        assert (ack.lane, ack.upto, ack.chain) == (lane, 1, H)
+
+
+def test_encode_refuses_a_non_frame() -> None:
+    with pytest.raises(TypeError):
+        encode_frame(object())  # type: ignore[arg-type]
 
 
 def _enc(obj: object) -> bytes:
@@ -83,23 +121,49 @@ def _enc(obj: object) -> bytes:
         [True],
         [b"\x01"],
         [7, 1],  # keepalive with an extra element
-        [1, E, 1, None],  # short HELLO
-        [1, E[:15], 1, None, 0],  # epoch length
-        [1, E, -1, None, 0],  # negative
-        [1, E, 2**63, None, 0],  # too big
-        [1, E, True, None, 0],  # bool is not int
-        [1, E, 1.0, None, 0],  # float
-        [1, E, 1, b"", 0],  # seen_epoch length
+        [1, E, [1, 1, 1, 1], None],  # short HELLO
+        [1, E, [1, 1, 1, 1], None, [[0, Z]] * 4, 0],  # long HELLO
+        [1, E, 1, None, 0],  # the single-lane HELLO of the first release
+        [1, E[:15], [1, 1, 1, 1], None, [[0, Z]] * 4],  # epoch length
+        [1, E, [1, 1, 1], None, [[0, Z]] * 4],  # three lanes
+        [1, E, [1, 1, 1, 1, 1], None, [[0, Z]] * 4],  # five lanes
+        [1, E, [1, 1, 1, 1], None, [[0, Z]] * 3],
+        [1, E, [1, 1, 1, 1], None, [[0, Z]] * 5],
+        [1, E, [1, -1, 1, 1], None, [[0, Z]] * 4],  # negative
+        [1, E, [1, 1, 2**63, 1], None, [[0, Z]] * 4],  # too big
+        [1, E, [True, 1, 1, 1], None, [[0, Z]] * 4],  # bool is not int
+        [1, E, [1, 1, 1, 1.0], None, [[0, Z]] * 4],  # float
+        [1, E, [1, 1, 1, 1], b"", [[0, Z]] * 4],  # seen_epoch length
+        [1, E, [1, 1, 1, 1], E, [[0, Z]] * 3 + [[0, Z[:31]]]],  # chain length
+        [1, E, [1, 1, 1, 1], E, [[0, Z]] * 3 + [[-1, Z]]],
+        [1, E, [1, 1, 1, 1], E, [[0, Z]] * 3 + [[0]]],
+        [1, E, [1, 1, 1, 1], E, [[0, Z]] * 3 + [[0, Z, 0]]],
+        [1, E, [1, 1, 1, 1], E, [[0, Z]] * 3 + [0]],
+        [1, E, [1, 1, 1, 1], E, [[Z, 0]] * 4],  # pair the wrong way round
+        [1, E, None, E, [[0, Z]] * 4],
+        [1, E, [1, 1, 1, 1], E, None],
         [2, b"", SIG],  # empty envelope
         [2, "text", SIG],  # str where bytes expected
         [2, b"x", SIG[:63]],
-        [3, E, 5, [[5, 6]], 10],  # range not above upto
-        [3, E, 5, [[8, 7]], 10],  # lo > hi
-        [3, E, 5, [[7, 9], [9, 10]], 10],  # overlapping
-        [3, E, 5, [[9, 10], [7, 8]], 10],  # descending
-        [3, E, 5, [[7]], 10],
-        [3, E, 5, [7, 8], 10],
-        [3, E, 5, None, 10],
+        [3, E, 5, [[7, 9]], 10],  # the single-lane ACK of the first release
+        [3, E, 0, 5, H, [[5, 6]], 10],  # range not above upto
+        [3, E, 0, 5, H, [[8, 7]], 10],  # lo > hi
+        [3, E, 0, 5, H, [[7, 9], [9, 10]], 10],  # overlapping
+        [3, E, 0, 5, H, [[9, 10], [7, 8]], 10],  # descending
+        [3, E, 0, 5, H, [[7]], 10],
+        [3, E, 0, 5, H, [7, 8], 10],
+        [3, E, 0, 5, H, None, 10],
+        [3, E, -1, 5, H, [], 10],  # lane out of range
+        [3, E, 4, 5, H, [], 10],
+        [3, E, True, 5, H, [], 10],
+        [3, E, None, 5, H, [], 10],
+        [3, E, 1.0, 5, H, [], 10],
+        [3, E, 0, 5, H[:31], [], 10],  # chain length
+        [3, E, 0, 5, None, [], 10],
+        [3, E, 0, -5, H, [], 10],
+        [3, E, 0, 5, H, [], -1],
+        [3, E[:15], 0, 5, H, [], 10],
+        [3, E, 0, 5, H, []],  # short ACK
         [4, b"r", SIG, 1],
         [5, 1],
         [6, 1, 2, -3],
@@ -112,7 +176,8 @@ def test_schema_refusals(obj: object) -> None:
 
 def test_map_keys_and_ext_types_refused() -> None:
     with pytest.raises(RemoteProtocolError):
-        decode_frame_untrusted(_enc([1, {b"a": 1}, 1, None, 0]), MAX_MESSAGE)
+        decode_frame_untrusted(_enc([1, {b"a": 1}, [1, 1, 1, 1], None, [[0, Z]] * 4]),
+                               MAX_MESSAGE)
     with pytest.raises((DecodeError, LimitError)):
         decode_frame_untrusted(_enc([2, msgpack.ExtType(1, b"xx"), SIG]), MAX_MESSAGE)
     with pytest.raises(DecodeError):
@@ -122,9 +187,9 @@ def test_map_keys_and_ext_types_refused() -> None:
 def test_limits() -> None:
     too_many = [[10 * i + 10, 10 * i + 11] for i in range(MAX_RANGES + 1)]
     with pytest.raises(LimitError):
-        decode_frame_untrusted(_enc([3, E, 5, too_many, 10]), MAX_MESSAGE)
+        decode_frame_untrusted(_enc([3, E, ROUTINE, 5, H, too_many, 10]), MAX_MESSAGE)
     just_enough = tuple((10 * i + 10, 10 * i + 11) for i in range(MAX_RANGES))
-    ack = Ack(E, 5, just_enough, 10)
+    ack = Ack(E, ROUTINE, 5, H, just_enough, 10)
     assert decode_frame_untrusted(encode_frame(ack), MAX_MESSAGE) == ack
     with pytest.raises(LimitError):
         decode_frame_untrusted(b"\x00" * (max_frame_len(1000) + 1), 1000)
