@@ -45,7 +45,7 @@ from hotline.proto.events import (
     ResetPath,
 )
 from hotline.proto.incoming import NewEpoch
-from hotline.proto.link import Link
+from hotline.proto.link import Link, Received
 from hotline.proto.sequencer import Sequencer
 from hotline.store import Batch, InRecord, OutRecord, ReceiptRecord
 from hotline.transport.events import (
@@ -239,12 +239,12 @@ class Runner:
 
     def _handle(self, item: RunnerInput, now: float) -> None:
         if isinstance(item, PacketIn):
-            ok = self.link.receive_untrusted(item.path_id, item.data, now)
-            if ok and item.addr is not None:
-                transport = self._transports.get(item.path_id)
-                set_remote = getattr(transport, "set_remote", None)
-                if set_remote is not None:
-                    set_remote(item.addr)
+            received = self.link.receive_untrusted(item.path_id, item.data, now)
+            transport = self._transports.get(item.path_id)
+            if transport is not None and received is Received.AUTHENTICATED:
+                transport.on_authenticated(item)
+            elif transport is not None and received is Received.ANSWERED:
+                transport.on_answered(item)
         elif isinstance(item, PathConnected):
             self.link.path_connected(item.path_id, now)
         elif isinstance(item, PathDisconnected):

@@ -38,7 +38,8 @@ from hotline.proto.link import Link, LinkSettings, PathSpec, StreamState
 from hotline.proto.sequencer import Sequencer
 from hotline.store import OutRecord, Store
 from hotline.transport.events import PathTransport, TransportEvent
-from hotline.transport.tcp import TcpListener, TcpPath
+from hotline.transport.tcp import TcpPath
+from hotline.transport.tcp_listener import TcpListener
 from hotline.transport.udp import UdpEndpoint
 
 _SHUTDOWN_GRACE = 5.0

@@ -23,6 +23,7 @@ the link never fails because of what a peer sent.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,25 @@ from hotline.proto.sessions import SessionManager
 _AEAD_TAG = 16
 # Data frames handed out per pump, so one turn cannot build an unbounded burst.
 _MAX_DATA_PER_PUMP = 512
+
+
+class Received(enum.Enum):
+    """What a packet proved (``Link.receive_untrusted``), for the transport it came on.
+
+    NOTHING: dropped, or accepted with nothing to say about its sender.
+    ANSWERED: a valid initiation; our handshake reply to it is queued and must go back
+        where it came from (``PathTransport.on_answered``). It earns its sender no
+        trust: a captured initiation can be replayed by anyone (and is accepted once
+        after our restart unless the handshake timestamp is persisted).
+    AUTHENTICATED: proves the sender holds the session keys — a transport packet that
+        opened, or the response that completed OUR initiation — so the transport may
+        trust where it came from (``PathTransport.on_authenticated``: UDP roams, a TCP
+        connection becomes the peer's).
+    """
+
+    NOTHING = "nothing"
+    ANSWERED = "answered"
+    AUTHENTICATED = "authenticated"
 
 
 @dataclass(frozen=True)
@@ -176,18 +196,17 @@ class Link:
             self._events.append(PathDown(path_id, self.specs[path_id].url, "connection closed"))
         self._choose_primary(now)
 
-    def receive_untrusted(self, path_id: int, packet: bytes, now: float) -> bool:
-        """Handle one packet from the network. Returns True if it authenticated.
+    def receive_untrusted(self, path_id: int, packet: bytes, now: float) -> Received:
+        """Handle one packet from the network. Returns what it proved (see ``Received``).
 
         Never raises for bad input: it is counted and reported as a ``Dropped`` event.
         """
         try:
-            self._receive(path_id, packet, now)
+            return self._receive(path_id, packet, now)
         except RemoteProtocolError as err:
             self.dropped += 1
             self._events.append(Dropped(path_id, type(err).__name__, str(err)))
-            return False
-        return True
+            return Received.NOTHING
 
     def queue_messages(self, records: Sequence[tuple[int, bytes, bytes]], now: float) -> None:
         """Messages now durable in the outbox (seq, envelope bytes, signature): send them."""
@@ -263,19 +282,21 @@ class Link:
 
     # --- receive internals --------------------------------------------------------
 
-    def _receive(self, path_id: int, packet: bytes, now: float) -> None:
+    def _receive(self, path_id: int, packet: bytes, now: float) -> Received:
         kind = packet_type_untrusted(packet)
         if kind == PACKET_INITIATION:
+            # Not "heard": a replayed initiation passes our checks once after a restart,
+            # so it marks no path connected or up; the reply goes back to its sender.
             response = self.sessions.on_initiation_untrusted(packet, now)
-            self._heard(path_id, now)
-            if response is not None:
-                self._out.append((path_id, response))
-            return
+            if response is None:
+                return Received.NOTHING
+            self._out.append((path_id, response))
+            return Received.ANSWERED
         if kind == PACKET_RESPONSE:
             self.sessions.on_response_untrusted(packet, now)
             self._heard(path_id, now)
             self._after_handshake(path_id, now, initiator=True)
-            return
+            return Received.AUTHENTICATED
         opened = self.sessions.open_untrusted(packet, now)
         self._heard(path_id, now)
         if opened.confirmed_now:
@@ -289,6 +310,7 @@ class Link:
         for frame_bytes in frames:
             frame = decode_frame_untrusted(frame_bytes, self.settings.max_message)
             self._on_frame(path_id, frame, now)
+        return Received.AUTHENTICATED
 
     def _heard(self, path_id: int, now: float) -> None:
         path = self.paths[path_id]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hotline.proto.events import HandshakeComplete, PathDown, PrimaryChanged
-from hotline.proto.link import LinkSettings
+from hotline.proto.link import LinkSettings, Received
 from tests.helpers import LinkPair
 
 
@@ -88,7 +88,7 @@ def test_garbage_packets_are_dropped_not_raised() -> None:
     pair = LinkPair()
     pair.run(1.0)
     for junk in (b"", b"\x03" + bytes(40), b"\x01" * 200, b"\x02" + bytes(100), b"\xff"):
-        assert pair.b.link.receive_untrusted(0, junk, pair.now) is False
+        assert pair.b.link.receive_untrusted(0, junk, pair.now) is Received.NOTHING
     assert pair.b.link.dropped == 5
     pair.send(pair.a, b"still fine")
     pair.run(1.0)
