@@ -17,7 +17,8 @@
 #     Until then it has a deadline (``auth_timeout``), counts toward the listener's
 #     per-source cap, is the first to be evicted when the listener is full, and is never
 #     written to — with one exception, below. An authenticated connection is never
-#     evicted for a newcomer.
+#     evicted for a newcomer; nor is one that carried a valid initiation, until its
+#     deadline, so that the handshake can finish on it.
 #   * Sending: ``send(data)`` appends to a bounded per-path queue and returns at once
 #     (when full the OLDEST packet is dropped and counted: the newest acks and pings
 #     matter most, and the reliable layer retransmits). One writer task per path drains
@@ -35,7 +36,8 @@
 #     persisted. So what a replayer can get is exactly the one packet answering its
 #     replay: our handshake response (useless without the initiator's private keys),
 #     or on crossing initiations our own initiation (readable only by the peer). It
-#     never gets a transport packet, and its connection gains no trust.
+#     never gets a transport packet, and its connection gains no trust (only a slot
+#     that is not evicted, until its deadline).
 #   * A write blocked longer than ``write_timeout`` declares that connection dead.
 #   * ``PathConnected`` when the path goes from no usable connection (outbound, or
 #     authenticated inbound) to one; ``PathDisconnected(reason)`` when the last one goes.
@@ -118,7 +120,13 @@ class TcpConn:
         self.close_reason = ""
         self.closed = False
         self.authenticated = False
+        self.answered = False  # it carried a valid initiation (not proof: maybe a replay)
         self.trusted_at = 0  # order of its latest authenticated packet on the path
+
+    @property
+    def evictable(self) -> bool:
+        """May make room for a newcomer: nothing on it passed any of our checks yet."""
+        return not (self.authenticated or self.answered)
 
     @property
     def usable(self) -> bool:
@@ -255,10 +263,13 @@ class TcpPath:
     def on_answered(self, packet: PacketIn) -> None:
         """The link queued a handshake reply to ``packet``: send it back where it came from.
 
-        Grants no trust: the packet may be a replay (see the module header).
+        Grants no trust: the packet may be a replay (see the module header). Its
+        connection is no longer evicted for a newcomer, so the handshake can finish on
+        it, but keeps its deadline.
         """
         conn = self._own(packet)
         if conn is not None:
+            conn.answered = True
             self._answer_to.append((conn, trio.current_time() + self.answer_timeout))
 
     def reset(self) -> None:

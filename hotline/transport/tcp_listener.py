@@ -8,17 +8,20 @@
 #     ``auth_timeout`` seconds to carry an authenticated packet. Only the link can tell
 #     that, so until then the connection may be anyone's.
 #   * Limits: at most ``max_inbound`` inbound connections, and at most
-#     ``max_unauthenticated_per_source`` unauthenticated ones per source (an IPv4
-#     address, or an IPv6 /64: one host commonly has a whole /64). A newcomer over the
-#     per-source limit evicts the oldest unauthenticated connection of its source;
-#     over the total, the oldest unauthenticated connection of all. It is refused only
-#     when every slot is authenticated: an authenticated connection is never evicted
-#     for a newcomer, who may be a stranger.
+#     ``max_unauthenticated_per_source`` evictable ones per source (an IPv4 address, or
+#     an IPv6 /64: one host commonly has a whole /64). Evictable: nothing on it passed
+#     any check of ours — neither an authenticated packet nor a valid initiation (which
+#     the link answered; a replay of a captured one passes only once after our restart,
+#     so that buys a replayer one slot until its deadline). A newcomer over the
+#     per-source limit evicts the oldest evictable connection of its source; over the
+#     total, the oldest evictable connection of all. It is refused only when no slot is
+#     evictable: an authenticated connection is never evicted for a newcomer, who may
+#     be a stranger.
 #   * Why evict rather than refuse: a stranger may share the peer's source address
 #     (NAT, the same host), and the peer's fresh connection must still get in. It then
 #     lives until ``max_unauthenticated_per_source`` newer ones from its source arrive
-#     (or ``max_inbound`` from anywhere), and its first authenticated packet makes it
-#     permanent — on loopback that takes one round trip.
+#     (or ``max_inbound`` from anywhere) unless it carries the peer's initiation first;
+#     its first authenticated packet makes it permanent.
 """The TCP listener: accepts inbound connections, limits and evicts the unauthenticated."""
 
 from __future__ import annotations
@@ -87,8 +90,8 @@ class TcpListener:
         host, port: where to listen (port 0 picks a free one; see ``run``).
         paths: the peer's TCP paths (see ``choose_inbound_path``).
         max_inbound: inbound connections served at once.
-        max_unauthenticated_per_source: unauthenticated inbound connections at once
-            from one source (IPv4 address or IPv6 /64).
+        max_unauthenticated_per_source: evictable inbound connections at once from
+            one source (IPv4 address or IPv6 /64); see the module header.
         auth_timeout: seconds an inbound connection may stay unauthenticated. Two
             handshake retry intervals (5 s each): a peer that dials while its last
             initiation is in flight on another path sends the next one within 5 s.
@@ -161,8 +164,8 @@ class TcpListener:
                 self._inbound.remove(entry)
 
     def _make_room(self, source: str) -> bool:
-        """Evict for a newcomer from ``source``; False if every slot is authenticated."""
-        strangers = [entry for entry in self._inbound if not entry[0].authenticated]
+        """Evict for a newcomer from ``source``; False if no slot is evictable."""
+        strangers = [entry for entry in self._inbound if entry[0].evictable]
         same_source = [entry for entry in strangers if entry[1] == source]
         if len(same_source) >= self.max_unauthenticated_per_source:
             self.stats.evicted_source_cap += 1

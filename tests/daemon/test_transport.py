@@ -388,6 +388,26 @@ async def test_tcp_full_listener_never_evicts_an_authenticated_connection():
         nursery.cancel_scope.cancel()
 
 
+async def test_tcp_connection_that_carried_a_valid_initiation_keeps_its_slot_until_deadline():
+    async with trio.open_nursery() as nursery, tcp_side(
+        nursery, "127.0.0.1", max_inbound=2, max_unauthenticated_per_source=2, auth_timeout=1.0
+    ) as side:
+        listener = side.listener
+        requester = await trio.open_tcp_stream("127.0.0.1", side.port)
+        side.path.on_answered(await inbound_packet(side, requester, b"\x01initiation"))
+        stranger = await trio.open_tcp_stream("127.0.0.1", side.port)
+        await wait_until(lambda: listener.stats.accepted == 2)
+        newcomer = await trio.open_tcp_stream("127.0.0.1", side.port)
+        await read_eof(stranger)  # made room; the requester did not
+        await inbound_packet(side, requester, b"\x03handshake goes on")
+        await read_eof(requester)  # but it is not trusted: its deadline still holds
+        assert (listener.stats.evicted_full, listener.stats.evicted_source_cap) == (1, 0)
+        assert side.path.stats.auth_timeouts >= 1
+        for stream in (requester, stranger, newcomer):
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 def test_source_key_is_the_ipv4_address_or_the_ipv6_slash_64():
     assert source_key(("192.0.2.7", 1)) == source_key(("::ffff:192.0.2.7", 2, 0, 0))
     assert source_key(("192.0.2.7", 1)) != source_key(("192.0.2.8", 1))
