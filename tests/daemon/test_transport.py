@@ -215,6 +215,14 @@ async def inbound_packet(
     return event
 
 
+async def connect(side: Side, source: str = "127.0.0.1") -> trio.SocketStream:
+    """A connection to ``side``'s listener from ``source``, once the listener took it."""
+    accepted = side.listener.stats.accepted
+    stream = await trio.open_tcp_stream("127.0.0.1", side.port, local_address=source)
+    await wait_until(lambda: side.listener.stats.accepted > accepted)
+    return stream
+
+
 async def assert_nothing_received(stream: trio.SocketStream) -> None:
     """Nothing is waiting on ``stream``. Call it after the packets written elsewhere
     arrived: on loopback anything written to ``stream`` before is already buffered."""
@@ -343,18 +351,11 @@ async def test_tcp_listener_evicts_the_oldest_unauthenticated_of_a_source_then_o
         nursery, "127.0.0.1", max_inbound=4, max_unauthenticated_per_source=2
     ) as side:
         listener = side.listener
-
-        async def connect(source: str) -> trio.SocketStream:
-            accepted = listener.stats.accepted
-            stream = await trio.open_tcp_stream("127.0.0.1", side.port, local_address=source)
-            await wait_until(lambda: listener.stats.accepted > accepted)
-            return stream
-
-        a1, a2, a3 = [await connect("127.0.0.1") for _ in range(3)]
+        a1, a2, a3 = [await connect(side, "127.0.0.1") for _ in range(3)]
         await read_eof(a1)  # its source was at the cap: its oldest went
         assert listener.stats.evicted_source_cap == 1
-        b1, b2 = [await connect("127.0.0.2") for _ in range(2)]
-        c1 = await connect("127.0.0.3")  # full: the oldest of all went
+        b1, b2 = [await connect(side, "127.0.0.2") for _ in range(2)]
+        c1 = await connect(side, "127.0.0.3")  # full: the oldest of all went
         await read_eof(a2)
         assert listener.stats.evicted_full == 1
         assert listener.active == 4
@@ -372,8 +373,7 @@ async def test_tcp_full_listener_never_evicts_an_authenticated_connection():
         listener = side.listener
         first = await trio.open_tcp_stream("127.0.0.1", side.port)
         side.path.on_authenticated(await inbound_packet(side, first, b"first"))
-        second = await trio.open_tcp_stream("127.0.0.1", side.port)
-        await wait_until(lambda: listener.stats.accepted == 2)
+        second = await connect(side)
         third = await trio.open_tcp_stream("127.0.0.1", side.port)
         await read_eof(second)  # the oldest UNauthenticated one made room
         side.path.on_authenticated(await inbound_packet(side, third, b"third"))
@@ -390,13 +390,12 @@ async def test_tcp_full_listener_never_evicts_an_authenticated_connection():
 
 async def test_tcp_connection_that_carried_a_valid_initiation_keeps_its_slot_until_deadline():
     async with trio.open_nursery() as nursery, tcp_side(
-        nursery, "127.0.0.1", max_inbound=2, max_unauthenticated_per_source=2, auth_timeout=1.0
+        nursery, "127.0.0.1", max_inbound=2, max_unauthenticated_per_source=2, auth_timeout=0.5
     ) as side:
         listener = side.listener
         requester = await trio.open_tcp_stream("127.0.0.1", side.port)
         side.path.on_answered(await inbound_packet(side, requester, b"\x01initiation"))
-        stranger = await trio.open_tcp_stream("127.0.0.1", side.port)
-        await wait_until(lambda: listener.stats.accepted == 2)
+        stranger = await connect(side)
         newcomer = await trio.open_tcp_stream("127.0.0.1", side.port)
         await read_eof(stranger)  # made room; the requester did not
         await inbound_packet(side, requester, b"\x03handshake goes on")
