@@ -33,6 +33,7 @@ from hotline.daemon.logs import Logger
 from hotline.daemon.notify import Notifier
 from hotline.daemon.storeworker import StoreWorker
 from hotline.proto.endpoint import Endpoint, Outputs
+from hotline.proto.link import Received
 from hotline.transport.events import PacketIn, PathConnected, PathDisconnected, PathTransport
 
 RunnerInput = PacketIn | PathConnected | PathDisconnected | ClientCall | ConversationClosed \
@@ -121,11 +122,12 @@ class Runner:
     def _feed(self, item: RunnerInput, now: float) -> None:
         endpoint = self.endpoint
         if isinstance(item, PacketIn):
-            if endpoint.packet(item.path_id, item.data, now) and item.addr is not None:
-                transport = self._transports.get(item.path_id)
-                set_remote = getattr(transport, "set_remote", None)
-                if set_remote is not None:
-                    set_remote(item.addr)
+            received = endpoint.packet(item.path_id, item.data, now)
+            transport = self._transports.get(item.path_id)
+            if transport is not None and received is Received.AUTHENTICATED:
+                transport.on_authenticated(item)
+            elif transport is not None and received is Received.ANSWERED:
+                transport.on_answered(item)
         elif isinstance(item, PathConnected):
             endpoint.path_connected(item.path_id, now)
         elif isinstance(item, PathDisconnected):

@@ -39,7 +39,8 @@ from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.link import LinkSettings, PathSpec
 from hotline.store import Store
 from hotline.transport.events import PathTransport
-from hotline.transport.tcp import TcpListener, TcpPath
+from hotline.transport.tcp import TcpPath
+from hotline.transport.tcp_listener import TcpListener
 from hotline.transport.udp import UdpEndpoint
 
 _SHUTDOWN_GRACE = 5.0

@@ -56,7 +56,7 @@ from hotline.proto.events import (
 )
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.lanes import LANES, lane_name, message_id
-from hotline.proto.link import Link, LinkSettings, Outbound, PathSpec
+from hotline.proto.link import Link, LinkSettings, Outbound, PathSpec, Received
 from hotline.proto.notices import CRIT, Narrator, Notice, heartbeat_notice
 from hotline.proto.records import (
     AckRecord,
@@ -201,8 +201,8 @@ class Endpoint:
         else:
             self._reply(token, Refused(UsageError, "not supported by this daemon yet"))
 
-    def packet(self, path_id: int, data: bytes, now: float) -> bool:
-        """A packet from a transport; True if it authenticated (see ``Link``)."""
+    def packet(self, path_id: int, data: bytes, now: float) -> Received:
+        """A packet from a transport; what it proved about its sender (``Received``)."""
         return self.link.receive_untrusted(path_id, data, now)
 
     def path_connected(self, path_id: int, now: float) -> None:

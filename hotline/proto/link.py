@@ -32,6 +32,7 @@ inside and becomes a ``Dropped`` event: the link never fails because of what a p
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -94,6 +95,25 @@ _AEAD_TAG = 16
 # Data frames handed out per pump, so one turn cannot build an unbounded burst.
 _MAX_DATA_PER_PUMP = 512
 _URGENT_LANES = (FLASH, IMMEDIATE)
+
+
+class Received(enum.Enum):
+    """What a packet proved (``Link.receive_untrusted``), for the transport it came on.
+
+    NOTHING: dropped, or accepted with nothing to say about its sender.
+    ANSWERED: a handshake packet we answer (a valid initiation, or one that needs a
+        cookie first); the reply queued this turn must go back where it came from
+        (``PathTransport.on_answered``). It earns its sender no trust: a captured
+        initiation can be replayed by anyone.
+    AUTHENTICATED: proves the sender holds the session keys — a transport packet that
+        opened, or the response that completed OUR initiation — so the transport may
+        trust where it came from (``PathTransport.on_authenticated``: UDP roams, a TCP
+        connection becomes the peer's).
+    """
+
+    NOTHING = "nothing"
+    ANSWERED = "answered"
+    AUTHENTICATED = "authenticated"
 
 
 @dataclass(frozen=True)
@@ -201,14 +221,8 @@ class Link:
             self._events.append(PathDown(path_id, self.specs[path_id].url, "connection closed"))
         self._choose_primary(now)
 
-    def receive_untrusted(self, path_id: int, packet: bytes, now: float) -> bool:
-        """Handle one packet from the network.
-
-        Returns:
-            True if it proved the peer holds the session keys (an authenticated
-            transport packet, or the response completing our initiation): the
-            transport may then trust where it came from. An initiation never does —
-            anyone who captured one can replay it.
+    def receive_untrusted(self, path_id: int, packet: bytes, now: float) -> Received:
+        """Handle one packet from the network; returns what it proved (``Received``).
 
         Never raises for bad input: it is counted and reported as a ``Dropped`` event.
         """
@@ -216,7 +230,7 @@ class Link:
             return self._receive(path_id, packet, now)
         except RemoteProtocolError as err:
             self._events.append(Dropped(path_id, type(err).__name__, str(err)))
-            return False
+            return Received.NOTHING
 
     def push(self, records: Sequence[OutRecord]) -> None:
         """Messages now durable in the outbox: send them (each in its lane)."""
@@ -318,19 +332,20 @@ class Link:
 
     # --- receive internals --------------------------------------------------------
 
-    def _receive(self, path_id: int, packet: bytes, now: float) -> bool:
+    def _receive(self, path_id: int, packet: bytes, now: float) -> Received:
         kind = packet_type_untrusted(packet)
         if kind == PACKET_INITIATION:
+            # No _heard: an initiation proves nothing about a path (it may be a replay).
             response = self.sessions.on_initiation_untrusted(packet, now)
-            self._heard(path_id, now)
-            if response is not None:
-                self._out.append(Outbound(path_id, response, True))
-            return False
+            if response is None:
+                return Received.NOTHING
+            self._out.append(Outbound(path_id, response, True))
+            return Received.ANSWERED
         if kind == PACKET_RESPONSE:
             self.sessions.on_response_untrusted(packet, now)
             self._heard(path_id, now)
             self._after_handshake(path_id, now, initiator=True)
-            return True
+            return Received.AUTHENTICATED
         opened = self.sessions.open_untrusted(packet, now)
         self._heard(path_id, now)
         if opened.confirmed_now:
@@ -347,7 +362,7 @@ class Link:
                 self._on_frame(path_id, frame, now, opened.current)
             except RemoteProtocolError as err:  # one bad frame: drop it, keep the rest
                 self._events.append(Dropped(path_id, type(err).__name__, str(err)))
-        return True
+        return Received.AUTHENTICATED
 
     def _heard(self, path_id: int, now: float) -> None:
         path = self.paths[path_id]

@@ -23,7 +23,7 @@ from pathlib import Path
 from hotline.errors import HotlineError
 from hotline.proto.endpoint import Endpoint, EndpointSettings
 from hotline.proto.identity import Identity, PublicKey
-from hotline.proto.link import LinkSettings, Outbound, PathSpec
+from hotline.proto.link import LinkSettings, Outbound, PathSpec, Received
 from hotline.proto.notices import Notice
 from hotline.proto.records import Commit, StoreJob
 from hotline.proto.requests import EndpointRequest, Outcome
@@ -106,7 +106,7 @@ class Node:
         self.endpoint.request(request, self._tokens, conversation, self.now)
         return self._tokens
 
-    def receive(self, path_id: int, packet: bytes) -> bool:
+    def receive(self, path_id: int, packet: bytes) -> Received:
         """A packet from the network."""
         return self.endpoint.packet(path_id, packet, self.now)
 

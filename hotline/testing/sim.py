@@ -38,7 +38,7 @@ from pathlib import Path
 from hotline.commands.verify import verify_store
 from hotline.proto.endpoint import EndpointSettings
 from hotline.proto.envelope import decode_envelope_untrusted
-from hotline.proto.frames import Ack, Hello, Position, Receipt, encode_frame
+from hotline.proto.frames import Ack, Frame, Hello, Position, Receipt, encode_frame
 from hotline.proto.identity import Identity
 from hotline.proto.lanes import LANES
 from hotline.proto.link import LinkSettings
@@ -167,7 +167,7 @@ class Sim:
                 return False
             if not self.sc.hostile[side == "b"] and any(s.backlog for s in ep.link.outgoing):
                 return False
-            if ep._carry:  # noqa: SLF001 - the re-send after a fork must have finished
+            if ep._carry:
                 return False
         return True
 
@@ -315,7 +315,7 @@ class Sim:
         epoch = link.epoch
         lanes = tuple(r.randrange(2**40) for _ in LANES)
         zeros = tuple(Position(0, bytes(32)) for _ in LANES)
-        frames = [
+        frames: list[Frame] = [
             Hello(r.randbytes(16), lanes, None, zeros),
             Hello(epoch, lanes, epoch, zeros),
             Ack(epoch, r.choice(LANES), r.randrange(2**40), r.randbytes(32), (), 1),

@@ -4,14 +4,22 @@
 # runner reads (so the runner can drain everything that arrived in one loop turn with
 # ``receive_nowait``), and the ``PathTransport`` protocol the runner sends through.
 #
-#   PacketIn(path_id, data, addr)       one whole packet (a TCP frame or a UDP datagram),
-#                                       not authenticated: the link decides that.
+#   PacketIn(path_id, data, addr, conn) one whole packet (a TCP frame or a UDP datagram),
+#                                       not authenticated: the link decides that. ``conn``
+#                                       is an opaque token of the TCP connection it came
+#                                       on (None for UDP), handed back to the transport.
 #   PathConnected(path_id)              the path can carry packets now (TCP: the first
-#                                       connection of the path is up; UDP: socket bound
+#                                       usable connection is up — one we dialled, or an
+#                                       inbound one that authenticated; UDP: socket bound
 #                                       and the remote address resolved).
-#   PathDisconnected(path_id, reason)   the last connection of a TCP path went away.
+#   PathDisconnected(path_id, reason)   the last usable connection of a TCP path went away.
 #
 # ``path_id`` is the index of the path in the peer's ``paths`` list from the config.
+#
+# The runner tells a transport what the link made of a packet (DESIGN §2b, §3):
+# ``on_authenticated`` (it proves the peer holds the keys: trust where it came from — UDP
+# roams there, TCP trusts that connection) and ``on_answered`` (a handshake reply to it
+# is queued: send that reply back where it came from, trusting nothing else about it).
 """Transport events and the interface the runner drives paths through."""
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ class PacketIn:
     path_id: int
     data: bytes
     addr: Address | None
+    conn: object | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +70,10 @@ class PathTransport(Protocol):
 
     def reset(self) -> None:
         """The link declared the path dead: drop its connections and start over."""
+
+    def on_authenticated(self, packet: PacketIn) -> None:
+        """``packet`` (from this path) authenticated: trust where it came from."""
+
+    def on_answered(self, packet: PacketIn) -> None:
+        """A handshake reply to ``packet`` is queued: the next handshake-plane packet sent
+        on this path goes back where ``packet`` came from. Grants no trust."""

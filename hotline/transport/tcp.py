@@ -1,26 +1,46 @@
 # hotline/transport/tcp.py — TCP paths: length-framed packets in and out, no protocol logic.
 #
-# Owns: the TCP connections of each TCP path of the peer, the dialler, the listener.
+# Owns: the TCP connections of each TCP path of the peer, the dialler, and which
+# connection may carry our packets (DESIGN §2b).
 #
 # How it works:
 #   * Both daemons dial AND listen (DESIGN §2), so a TCP path may have several live
-#     connections: the one it dialled (outbound) and those the peer dialled to us
-#     (inbound, attributed to a path by the listener). Every connection is read by its
-#     own task: bytes go through ``TcpFrameDecoder`` (4-byte big-endian length prefix,
-#     proto/framing.py) and each packet becomes ``PacketIn`` in the ONE events channel.
-#     A bad length prefix (``LimitError``) closes that connection, nothing else.
+#     connections: the one it dialled (outbound) and those dialled to us (inbound,
+#     attributed to a path by the listener). Every connection is read by its own task:
+#     bytes go through ``TcpFrameDecoder`` (4-byte big-endian length prefix,
+#     proto/framing.py) and each packet becomes ``PacketIn`` (carrying its connection as
+#     an opaque token) in the ONE events channel. A bad length prefix (``LimitError``)
+#     closes that connection, nothing else.
+#   * Trust. Anyone can connect and send well-framed bytes, so an inbound connection is
+#     the peer's only once the link says a packet on it AUTHENTICATED
+#     (``on_authenticated``: a transport packet, or a response completing our handshake).
+#     Until then it has a deadline (``auth_timeout``), counts toward the listener's
+#     per-source cap, is the first to be evicted when the listener is full, and is never
+#     written to — with one exception, below. An authenticated connection is never
+#     evicted for a newcomer; nor is one that carried a valid initiation, until its
+#     deadline, so that the handshake can finish on it.
 #   * Sending: ``send(data)`` appends to a bounded per-path queue and returns at once
 #     (when full the OLDEST packet is dropped and counted: the newest acks and pings
-#     matter most, and the reliable layer retransmits). One writer task per path
-#     drains the queue onto the path's current connection — the outbound one if up,
-#     else the newest inbound one — batching what is queued into one ``send_all``. A
-#     write blocked longer than ``write_timeout`` declares that connection dead.
-#     With no connection at all, ``send`` drops (and counts): stale packets are not
-#     worth replaying onto a fresh connection, the link resends what matters.
-#   * ``PathConnected`` when the path goes from zero live connections to one;
-#     ``PathDisconnected(reason)`` when the last one goes. An inbound connection only
-#     counts (and is used for sending) once it has delivered a well-framed packet;
-#     until then it is closed after ``first_packet_timeout`` (an idle port scanner).
+#     matter most, and the reliable layer retransmits). One writer task per path drains
+#     the queue, batching into one ``send_all``, onto the connection with the most
+#     recent authenticated packet; with none authenticated, onto our own outbound
+#     connection (a handshake has to go somewhere: we chose that address); with neither,
+#     the packet is dropped and counted (the link resends what matters).
+#   * Reply to the requester. ``on_answered(packet)``: the link queued a handshake reply
+#     to this packet (a valid initiation). The next handshake-plane packet sent on the
+#     path (any type but a transport packet) goes to THAT packet's connection, even if
+#     it is not authenticated: that is how a peer that can dial us but cannot be dialled
+#     gets our response. A stranger cannot make an initiation that passes our Noise
+#     check; it can only replay one it captured, which the link refuses as not newer
+#     than the last — except once after our restart if the handshake timestamp was not
+#     persisted. So what a replayer can get is exactly the one packet answering its
+#     replay: our handshake response (useless without the initiator's private keys),
+#     or on crossing initiations our own initiation (readable only by the peer). It
+#     never gets a transport packet, and its connection gains no trust (only a slot
+#     that is not evicted, until its deadline).
+#   * A write blocked longer than ``write_timeout`` declares that connection dead.
+#   * ``PathConnected`` when the path goes from no usable connection (outbound, or
+#     authenticated inbound) to one; ``PathDisconnected(reason)`` when the last one goes.
 #   * ``run()`` keeps the outbound connection dialled: connect with a timeout, on
 #     failure or after the connection ends sleep ``backoff.next_delay()`` and retry;
 #     the backoff resets once an outbound connection delivers a packet or stays up
@@ -28,25 +48,25 @@
 #     so ours may carry nothing back and still be perfectly good).
 #   * ``reset()`` (the link declared the path dead, e.g. a black-holed connection):
 #     closes every connection of the path; the dialler redials after its backoff.
+#   * Inbound connections come from ``TcpListener`` (tcp_listener.py), which limits and
+#     evicts them; a connection it evicts is closed with the reason "evicted".
 #   * TCP_NODELAY is set on every connection (trio sets it too): packets are small and
 #     latency-sensitive.
-"""TCP transport: one ``TcpPath`` per TCP path of the peer, and the inbound listener."""
+"""TCP transport: one ``TcpPath`` per TCP path of the peer."""
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import math
 import socket
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
 
 from hotline.errors import LocalProtocolError, RemoteProtocolError
 from hotline.proto.framing import TcpFrameDecoder, encode_tcp_frame
-from hotline.proto.packet import TCP_MAX_PACKET
+from hotline.proto.packet import PACKET_TRANSPORT, TCP_MAX_PACKET
 from hotline.transport.backoff import Backoff
 from hotline.transport.events import (
     Address,
@@ -58,6 +78,8 @@ from hotline.transport.events import (
 
 RECEIVE_SIZE = 65536
 WRITE_BATCH_BYTES = 65536
+# Requesters remembered for ``on_answered`` (the link answers in the same loop turn).
+_MAX_ANSWERS = 16
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -72,19 +94,23 @@ class TcpStats:
     dial_attempts: int = 0
     dial_failures: int = 0
     connects: int = 0
-    inbound_accepted: int = 0
+    inbound_authenticated: int = 0
+    answers_sent: int = 0
     disconnects: int = 0
     framing_errors: int = 0
     write_timeouts: int = 0
     write_errors: int = 0
-    idle_timeouts: int = 0
+    auth_timeouts: int = 0
     resets: int = 0
     dropped_queue_full: int = 0
     dropped_not_connected: int = 0
 
 
-class _Conn:
-    """One TCP connection of a path; its reader runs inside ``scope``."""
+class TcpConn:
+    """One TCP connection of a path; its reader runs inside ``scope``.
+
+    It is the opaque ``PacketIn.conn`` of the packets read from it.
+    """
 
     def __init__(self, stream: trio.SocketStream, addr: Address | None, outbound: bool) -> None:
         self.stream = stream
@@ -92,6 +118,20 @@ class _Conn:
         self.outbound = outbound
         self.scope = trio.CancelScope()
         self.close_reason = ""
+        self.closed = False
+        self.authenticated = False
+        self.answered = False  # it carried a valid initiation (not proof: maybe a replay)
+        self.trusted_at = 0  # order of its latest authenticated packet on the path
+
+    @property
+    def evictable(self) -> bool:
+        """May make room for a newcomer: nothing on it passed any of our checks yet."""
+        return not (self.authenticated or self.answered)
+
+    @property
+    def usable(self) -> bool:
+        """Ours to write on: we dialled it, or a packet on it authenticated."""
+        return self.outbound or self.authenticated
 
     def close(self, reason: str) -> None:
         """Ask the reader to close this connection (it is idempotent)."""
@@ -105,7 +145,8 @@ def _set_nodelay(stream: trio.SocketStream) -> None:
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _peer_address(stream: trio.SocketStream) -> Address | None:
+def peer_address(stream: trio.SocketStream) -> Address | None:
+    """The remote address of ``stream`` (None if the socket already lost it)."""
     try:
         addr: Address = stream.socket.getpeername()
     except OSError:
@@ -114,7 +155,7 @@ def _peer_address(stream: trio.SocketStream) -> Address | None:
 
 
 class TcpPath:
-    """One TCP path of the peer: dials it, adopts inbound connections, frames packets.
+    """One TCP path of the peer: dials it, serves inbound connections, frames packets.
 
     Args:
         path_id: index of the path in the peer's ``paths``.
@@ -128,6 +169,8 @@ class TcpPath:
         max_packet: largest packet accepted from the wire.
         stable_after: seconds an outbound connection must last for the re-dial
             backoff to start over (as it does when the connection delivers a packet).
+        answer_timeout: seconds after ``on_answered`` within which the reply must be
+            sent to go back to the requester (the link answers in the same loop turn).
     """
 
     def __init__(
@@ -143,6 +186,7 @@ class TcpPath:
         write_timeout: float = 5.0,
         max_packet: int = TCP_MAX_PACKET,
         stable_after: float = 5.0,
+        answer_timeout: float = 1.0,
     ) -> None:
         if queue_limit < 1:
             raise LocalProtocolError("queue_limit must be >= 1")
@@ -155,12 +199,15 @@ class TcpPath:
         self.write_timeout = write_timeout
         self.max_packet = max_packet
         self.stable_after = stable_after
+        self.answer_timeout = answer_timeout
         self.stats = TcpStats()
         self.last_error = ""
         self._events = events
-        self._queue: deque[bytes] = deque()
-        self._conns: list[_Conn] = []  # live and counted, in the order they came up
-        self._pending: set[_Conn] = set()  # inbound, no packet yet
+        # (packet, the requester it answers or None for "the write target").
+        self._queue: deque[tuple[bytes, TcpConn | None]] = deque()
+        self._conns: list[TcpConn] = []  # every live connection, in the order they came
+        self._answer_to: deque[tuple[TcpConn, float]] = deque(maxlen=_MAX_ANSWERS)
+        self._trust_clock = 0
         self._wake = trio.Event()
         self._announced = False  # PathConnected told and PathDisconnected not yet
 
@@ -168,39 +215,91 @@ class TcpPath:
 
     @property
     def connected(self) -> bool:
-        """True while at least one connection of this path is up."""
-        return bool(self._conns)
-
-    @property
-    def connection_count(self) -> int:
-        """Live connections (outbound and inbound) counted for this path."""
-        return len(self._conns)
+        """True while a usable connection (outbound, or authenticated inbound) is up."""
+        return any(conn.usable for conn in self._conns)
 
     def send(self, data: bytes) -> None:
         """Queue one packet for sending; never blocks.
 
-        Dropped and counted (not raised) when no connection is up; when the queue is
-        full the oldest queued packet is dropped and counted.
+        A handshake-plane packet (any type but a transport packet) answering an
+        ``on_answered`` packet goes to that packet's connection; everything else to the
+        write target (see the module header). Dropped and counted (not raised) when
+        there is nowhere to send it; when the queue is full the oldest queued packet is
+        dropped and counted.
 
         Raises:
             LocalProtocolError: empty ``data`` or over TCP_MAX_PACKET.
         """
         if not 0 < len(data) <= TCP_MAX_PACKET:
             raise LocalProtocolError(f"cannot send a TCP packet of {len(data)} bytes")
-        if not self._conns:
+        requester = self._take_requester() if data[0] != PACKET_TRANSPORT else None
+        if requester is None and self._target() is None:
             self.stats.dropped_not_connected += 1
             return
         if len(self._queue) >= self.queue_limit:
             self._queue.popleft()
             self.stats.dropped_queue_full += 1
-        self._queue.append(data)
+        self._queue.append((data, requester))
         self._wake.set()
+
+    def on_authenticated(self, packet: PacketIn) -> None:
+        """A packet from this path authenticated: trust its connection and write there.
+
+        Its connection becomes the peer's (no deadline, never evicted) and the write
+        target, as the one with the most recent authenticated packet.
+        """
+        conn = self._own(packet)
+        if conn is None:
+            return
+        self._trust_clock += 1
+        conn.trusted_at = self._trust_clock
+        if not conn.authenticated:
+            conn.authenticated = True
+            conn.scope.deadline = math.inf
+            if not conn.outbound:
+                self.stats.inbound_authenticated += 1
+            self._wake.set()  # the writer announces the path and may switch target
+
+    def on_answered(self, packet: PacketIn) -> None:
+        """The link queued a handshake reply to ``packet``: send it back where it came from.
+
+        Grants no trust: the packet may be a replay (see the module header). Its
+        connection is no longer evicted for a newcomer, so the handshake can finish on
+        it, but keeps its deadline.
+        """
+        conn = self._own(packet)
+        if conn is not None:
+            conn.answered = True
+            self._answer_to.append((conn, trio.current_time() + self.answer_timeout))
 
     def reset(self) -> None:
         """Close every connection of this path; the dialler redials after its backoff."""
         self.stats.resets += 1
-        for conn in [*self._conns, *self._pending]:
+        for conn in self._conns:
             conn.close("reset")
+
+    def _own(self, packet: PacketIn) -> TcpConn | None:
+        """The live connection of this path that ``packet`` came on, if any."""
+        conn = packet.conn
+        if isinstance(conn, TcpConn) and not conn.closed and conn in self._conns:
+            return conn
+        return None
+
+    def _take_requester(self) -> TcpConn | None:
+        now = trio.current_time()
+        while self._answer_to:
+            conn, deadline = self._answer_to.popleft()
+            if not conn.closed and now < deadline:
+                return conn
+        return None
+
+    def _target(self) -> TcpConn | None:
+        """Where packets go: the most recently authenticated connection, else our
+        outbound one; never an unauthenticated inbound connection."""
+        trusted = [conn for conn in self._conns if conn.authenticated]
+        if trusted:
+            return max(trusted, key=lambda conn: conn.trusted_at)
+        return next((conn for conn in self._conns if conn.outbound), None)
 
     # --- running --------------------------------------------------------------------
 
@@ -215,7 +314,7 @@ class TcpPath:
         while True:
             stream = await self._dial()
             if stream is not None:
-                conn = _Conn(stream, _peer_address(stream), outbound=True)
+                conn = TcpConn(stream, peer_address(stream), outbound=True)
                 up_since = trio.current_time()
                 await self._attach(conn)
                 await self._serve(conn)
@@ -238,31 +337,28 @@ class TcpPath:
         self.last_error = "connect timeout"
         return None
 
-    async def serve_inbound(self, stream: trio.SocketStream, first_packet_timeout: float) -> None:
+    async def serve_inbound(self, conn: TcpConn, auth_timeout: float) -> None:
         """Serve an inbound connection of this path until it ends (the listener calls it).
 
-        It only counts for ``PathConnected`` and sending once it delivered a packet, and
-        is closed if that does not happen within ``first_packet_timeout`` seconds.
+        It is closed if no packet on it authenticated within ``auth_timeout`` seconds.
         """
-        _set_nodelay(stream)
-        conn = _Conn(stream, _peer_address(stream), outbound=False)
-        conn.scope.deadline = trio.current_time() + first_packet_timeout
-        self._pending.add(conn)
+        _set_nodelay(conn.stream)
+        conn.scope.deadline = trio.current_time() + auth_timeout
+        await self._attach(conn)
         await self._serve(conn)
 
-    async def _serve(self, conn: _Conn) -> None:
+    async def _serve(self, conn: TcpConn) -> None:
         """Read ``conn`` until it ends, then close it and account for it."""
         try:
             reason = await self._read_loop(conn)
         finally:
-            self._pending.discard(conn)
-            was_last = self._detach(conn)
+            conn.closed = True
+            self._conns.remove(conn)
             await trio.aclose_forcefully(conn.stream)
         self.stats.disconnects += 1
-        if was_last:
-            await self._emit(PathDisconnected(self.path_id, reason))
+        await self._announce_down(reason)
 
-    async def _read_loop(self, conn: _Conn) -> str:
+    async def _read_loop(self, conn: TcpConn) -> str:
         """Returns the reason the connection ended."""
         decoder = TcpFrameDecoder(self.max_packet)
         with conn.scope:
@@ -277,44 +373,38 @@ class TcpPath:
                 return "bad-framing"
             except _STREAM_ERRORS:
                 return conn.close_reason or "broken"
-        if not conn.close_reason and conn in self._pending:
-            self.stats.idle_timeouts += 1
-            return "idle-timeout"
+        if not conn.close_reason and not conn.usable:
+            self.stats.auth_timeouts += 1
+            return "auth-timeout"
         return conn.close_reason or "cancelled"
 
-    async def _deliver(self, conn: _Conn, packets: list[bytes]) -> None:
-        if not packets:
-            return
-        if conn in self._pending:
-            self._pending.discard(conn)
-            conn.scope.deadline = math.inf
-            self.stats.inbound_accepted += 1
-            await self._attach(conn)
-        elif conn.outbound:
+    async def _deliver(self, conn: TcpConn, packets: list[bytes]) -> None:
+        if packets and conn.outbound:
             self.backoff.reset()
         for packet in packets:
             self.stats.packets_in += 1
             self.stats.bytes_in += len(packet)
-            await self._emit(PacketIn(self.path_id, packet, conn.addr))
+            await self._emit(PacketIn(self.path_id, packet, conn.addr, conn))
 
-    async def _attach(self, conn: _Conn) -> None:
+    async def _attach(self, conn: TcpConn) -> None:
         self._conns.append(conn)
         self.stats.connects += 1
-        self._wake.set()
-        if not self._announced:
-            self._announced = True
-            await self._emit(PathConnected(self.path_id))
+        await self._announce_up()
 
-    def _detach(self, conn: _Conn) -> bool:
-        """Forget ``conn``; True if PathDisconnected is due (it was the last one)."""
-        if conn not in self._conns:
-            return False
-        self._conns.remove(conn)
-        if self._conns or not self._announced:
-            return False
-        self._queue.clear()
+    async def _announce_up(self) -> None:
+        """Tell the runner once the path has its first usable connection."""
+        if self._announced or not self.connected:
+            return
+        self._announced = True
+        await self._emit(PathConnected(self.path_id))
+
+    async def _announce_down(self, reason: str) -> None:
+        """Tell the runner once the path lost its last usable connection."""
+        if not self._announced or self.connected:
+            return
         self._announced = False
-        return True
+        self._queue.clear()
+        await self._emit(PathDisconnected(self.path_id, reason))
 
     async def _emit(self, event: TransportEvent) -> None:
         # A closed events channel means the runner is gone: nothing left to tell.
@@ -323,32 +413,43 @@ class TcpPath:
 
     # --- writing --------------------------------------------------------------------
 
-    def _current(self) -> _Conn | None:
-        """The connection to write on: outbound if up, else the newest inbound."""
-        for conn in self._conns:
-            if conn.outbound:
-                return conn
-        return self._conns[-1] if self._conns else None
-
     async def _writer(self) -> None:
         while True:
-            conn = self._current()
-            if conn is None or not self._queue:
+            await self._announce_up()  # an inbound connection may have authenticated
+            conn, batch = self._take_batch()
+            if conn is None:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            await self._write_batch(conn, self._take_batch())
+            await self._write_batch(conn, batch)
 
-    def _take_batch(self) -> list[bytes]:
+    def _destination(self, requester: TcpConn | None) -> TcpConn | None:
+        if requester is not None and not requester.closed:
+            return requester
+        return self._target()
+
+    def _take_batch(self) -> tuple[TcpConn | None, list[bytes]]:
+        """Queued packets with one destination (up to WRITE_BATCH_BYTES), and it."""
+        conn = None
+        while self._queue and conn is None:
+            conn = self._destination(self._queue[0][1])
+            if conn is None:
+                self._queue.popleft()
+                self.stats.dropped_not_connected += 1
         batch: list[bytes] = []
         size = 0
         while self._queue and size < WRITE_BATCH_BYTES:
-            packet = self._queue.popleft()
+            packet, requester = self._queue[0]
+            if self._destination(requester) is not conn:
+                break
+            self._queue.popleft()
+            if requester is not None:
+                self.stats.answers_sent += 1
             batch.append(packet)
             size += len(packet)
-        return batch
+        return conn, batch
 
-    async def _write_batch(self, conn: _Conn, batch: list[bytes]) -> None:
+    async def _write_batch(self, conn: TcpConn, batch: list[bytes]) -> None:
         data = b"".join(encode_tcp_frame(packet) for packet in batch)
         with trio.move_on_after(self.write_timeout) as scope:
             try:
@@ -363,104 +464,3 @@ class TcpPath:
             return
         self.stats.packets_out += len(batch)
         self.stats.bytes_out += len(data)
-
-
-# --- the listener -----------------------------------------------------------------------
-
-
-@dataclass
-class ListenerStats:
-    """Counters of one TCP listener."""
-
-    accepted: int = 0
-    refused_limit: int = 0
-    refused_no_path: int = 0
-
-
-def choose_inbound_path(paths: Sequence[TcpPath], addr: Address | None) -> TcpPath | None:
-    """The TCP path an inbound connection from ``addr`` belongs to.
-
-    The path whose host is that IP address if there is one, else the first TCP path,
-    else None (the peer has no TCP path: refuse).
-    """
-    if not paths:
-        return None
-    if addr is not None:
-        source = str(addr[0]).split("%", 1)[0]
-        for path in paths:
-            with contextlib.suppress(ValueError):
-                if ipaddress.ip_address(path.host) == ipaddress.ip_address(source):
-                    return path
-    return paths[0]
-
-
-class TcpListener:
-    """Accepts the peer's inbound connections and hands each to its ``TcpPath``.
-
-    Args:
-        host, port: where to listen (port 0 picks a free one; see ``run``).
-        paths: the peer's TCP paths (see ``choose_inbound_path``).
-        max_inbound: connections served at once; more are closed at once.
-        first_packet_timeout: seconds an inbound connection may stay silent at first.
-    """
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        paths: Sequence[TcpPath],
-        *,
-        max_inbound: int = 16,
-        first_packet_timeout: float = 10.0,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.paths = list(paths)
-        self.max_inbound = max_inbound
-        self.first_packet_timeout = first_packet_timeout
-        self.stats = ListenerStats()
-        self.active = 0
-
-    async def run(
-        self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Listen and serve until cancelled; ``started`` gets the trio listeners.
-
-        Raises:
-            OSError: the address cannot be bound (before ``started``).
-        """
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host or None)
-        await trio.serve_listeners(self._handle, listeners, task_status=task_status)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        if self.active >= self.max_inbound:
-            self.stats.refused_limit += 1
-            await trio.aclose_forcefully(stream)
-            return
-        path = choose_inbound_path(self.paths, _peer_address(stream))
-        if path is None:
-            self.stats.refused_no_path += 1
-            await trio.aclose_forcefully(stream)
-            return
-        self.stats.accepted += 1
-        self.active += 1
-        try:
-            await path.serve_inbound(stream, self.first_packet_timeout)
-        finally:
-            self.active -= 1
-
-
-async def serve_tcp_listener(
-    host: str,
-    port: int,
-    paths: Sequence[TcpPath],
-    *,
-    max_inbound: int = 16,
-    first_packet_timeout: float = 10.0,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run a ``TcpListener`` (see there) until cancelled."""
-    listener = TcpListener(
-        host, port, paths, max_inbound=max_inbound, first_packet_timeout=first_packet_timeout
-    )
-    await listener.run(task_status=task_status)

@@ -13,15 +13,25 @@
 #     longer than ``max_datagram`` (DESIGN §3: 1232) is dropped and counted, never
 #     allocated in full. It is attributed to the UDP path whose current remote is the
 #     source address, else whose host matches, else the first UDP path (the peer may
-#     have roamed: the link authenticates it and may then call ``set_remote``). It goes
-#     into the events channel with ``send_nowait``; a full channel drops and counts.
+#     have roamed: the link decides). It goes into the events channel with
+#     ``send_nowait`` (``PacketIn.conn`` is the socket it arrived on); a full channel
+#     drops and counts.
 #   * ``send(path_id, data)`` is synchronous and never blocks: it calls ``sendto`` on
-#     the (non-blocking) socket the path last received on — so replies leave from the
-#     port the peer talks to — or the first socket of the remote's family. EAGAIN drops
-#     and counts; other socket errors (unreachable, …) count too. Loss is fine here:
-#     the reliable layer retransmits.
-#   * Roaming (DESIGN §3): the link calls ``set_remote(path_id, addr)`` with the source of
-#     the last AUTHENTICATED packet; ``reset_remote`` goes back to the configured one.
+#     the (non-blocking) socket the path's last authenticated packet arrived on — so
+#     replies leave from the port the peer talks to — or the first socket of the
+#     remote's family. EAGAIN drops and counts; other socket errors (unreachable, …)
+#     count too. Loss is fine here: the reliable layer retransmits.
+#   * Roaming (DESIGN §3): ``UdpPath.on_authenticated(packet)`` makes the packet's source
+#     the path's remote — only for a packet that AUTHENTICATED (never an initiation: a
+#     captured one can be replayed from anywhere); ``reset_remote`` goes back to the
+#     configured one.
+#   * Reply to the requester: ``UdpPath.on_answered(packet)`` (the link queued a
+#     handshake reply to it) sends the next handshake-plane packet of the path (any type
+#     but a transport packet) to that packet's source instead of the remote, without
+#     roaming. So a peer that changed address still completes a handshake, and a
+#     replayer of a captured initiation (accepted only once after our restart, when
+#     the handshake timestamp is not persisted) gets just our reply to it: a response
+#     useless without the initiator's keys, or on crossing initiations our initiation.
 """UDP transport: one endpoint, many UDP paths, one events channel."""
 
 from __future__ import annotations
@@ -29,15 +39,19 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from hotline.errors import LocalProtocolError
-from hotline.proto.packet import UDP_MAX_DATAGRAM
+from hotline.proto.packet import PACKET_TRANSPORT, UDP_MAX_DATAGRAM
 from hotline.transport.backoff import Backoff
 from hotline.transport.events import Address, PacketIn, PathConnected, TransportEvent
+
+# Requesters remembered for ``on_answered`` (the link answers in the same loop turn).
+_MAX_ANSWERS = 16
 
 
 @dataclass
@@ -79,6 +93,10 @@ class _UdpPathState:
     last_sock: _Socket | None = None
     announced: bool = False
     norm_hosts: set[str] = field(default_factory=set)
+    # (source, socket, deadline) of packets the link answers, oldest first.
+    answer_to: deque[tuple[Address, _Socket, float]] = field(
+        default_factory=lambda: deque(maxlen=_MAX_ANSWERS)
+    )
 
 
 def _norm(addr: Address) -> tuple[str, int]:
@@ -104,9 +122,15 @@ class UdpPath:
         """Forget a roamed address: go back to the configured remote."""
         self._endpoint.reset_remote(self.path_id)
 
-    def set_remote(self, addr: Address) -> None:
-        """Roam: send to ``addr`` (the source of the last authenticated packet)."""
-        self._endpoint.set_remote(self.path_id, addr)
+    def on_authenticated(self, packet: PacketIn) -> None:
+        """Roam: ``packet`` authenticated, so send to its source from now on."""
+        if packet.addr is not None and isinstance(packet.conn, _Socket):
+            self._endpoint.set_remote(self.path_id, packet.addr, packet.conn)
+
+    def on_answered(self, packet: PacketIn) -> None:
+        """Send the reply the link queued to ``packet`` back to its source (no roaming)."""
+        if packet.addr is not None and isinstance(packet.conn, _Socket):
+            self._endpoint.answer(self.path_id, packet.addr, packet.conn)
 
     @property
     def remote(self) -> Address | None:
@@ -121,6 +145,8 @@ class UdpEndpoint:
         events: the runner's events channel (``PacketIn``, ``PathConnected``).
         max_datagram: largest datagram accepted or sent (DESIGN §3: 1232).
         resolve_backoff: schedule of DNS retries (a fresh ``Backoff()`` by default).
+        answer_timeout: seconds after ``answer`` within which the reply must be sent to
+            go back to the requester (the link answers in the same loop turn).
     """
 
     def __init__(
@@ -129,9 +155,11 @@ class UdpEndpoint:
         *,
         max_datagram: int = UDP_MAX_DATAGRAM,
         resolve_backoff: Backoff | None = None,
+        answer_timeout: float = 1.0,
     ) -> None:
         self.stats = UdpStats()
         self.max_datagram = max_datagram
+        self.answer_timeout = answer_timeout
         self._events = events
         self._paths: dict[int, _UdpPathState] = {}
         self._sockets: list[_Socket] = []
@@ -262,9 +290,8 @@ class UdpEndpoint:
             return
         self.stats.datagrams_in += 1
         self.stats.bytes_in += len(data)
-        state.last_sock = sock
         try:
-            self._events.send_nowait(PacketIn(state.path_id, data, addr))
+            self._events.send_nowait(PacketIn(state.path_id, data, addr, sock))
         except trio.WouldBlock:
             self.stats.dropped_events_full += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -295,17 +322,20 @@ class UdpEndpoint:
     def send(self, path_id: int, data: bytes) -> None:
         """Send ``data`` as one datagram to the path's current remote. Never blocks.
 
-        Dropped and counted (not raised): no remote yet, a full socket buffer (EAGAIN),
-        any other socket error.
+        A handshake-plane packet (any type but a transport packet) answering an
+        ``answer``ed packet goes to that packet's source instead. Dropped and counted
+        (not raised): no remote yet, a full socket buffer (EAGAIN), any other socket
+        error.
 
         Raises:
-            LocalProtocolError: an unknown ``path_id`` or ``data`` over ``max_datagram``.
+            LocalProtocolError: an unknown ``path_id``, empty ``data`` or ``data`` over
+                ``max_datagram``.
         """
         state = self._state(path_id)
-        if len(data) > self.max_datagram:
-            raise LocalProtocolError(f"datagram of {len(data)} bytes over {self.max_datagram}")
-        remote = state.remote
-        sock = self._socket_for_remote(state)
+        if not 0 < len(data) <= self.max_datagram:
+            raise LocalProtocolError(f"cannot send a datagram of {len(data)} bytes")
+        requester = self._take_requester(state) if data[0] != PACKET_TRANSPORT else None
+        remote, sock = requester or (state.remote, self._socket_for_remote(state))
         if remote is None or sock is None:
             self.stats.dropped_no_remote += 1
             return
@@ -328,13 +358,33 @@ class UdpEndpoint:
             return state.last_sock
         return self._socket_for_family(family)
 
-    def set_remote(self, path_id: int, addr: Address) -> None:
-        """Roam: send this path's packets to ``addr`` from now on.
+    def _take_requester(self, state: _UdpPathState) -> tuple[Address, _Socket] | None:
+        now = trio.current_time()
+        while state.answer_to:
+            addr, sock, deadline = state.answer_to.popleft()
+            if now < deadline:
+                return addr, sock
+        return None
+
+    def set_remote(self, path_id: int, addr: Address, sock: _Socket | None = None) -> None:
+        """Roam: send this path's packets to ``addr`` (from ``sock``) from now on.
 
         Raises:
             LocalProtocolError: an unknown ``path_id``.
         """
-        self._state(path_id).remote = addr
+        state = self._state(path_id)
+        state.remote = addr
+        if sock is not None:
+            state.last_sock = sock
+
+    def answer(self, path_id: int, addr: Address, sock: _Socket) -> None:
+        """The next handshake-plane packet of ``path_id`` goes to ``addr`` from ``sock``.
+
+        Raises:
+            LocalProtocolError: an unknown ``path_id``.
+        """
+        deadline = trio.current_time() + self.answer_timeout
+        self._state(path_id).answer_to.append((addr, sock, deadline))
 
     def reset_remote(self, path_id: int) -> None:
         """Go back to the configured remote address (undo roaming)."""

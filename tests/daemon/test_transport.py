@@ -16,7 +16,8 @@ from hotline.errors import LocalProtocolError
 from hotline.proto.framing import encode_tcp_frame
 from hotline.transport.backoff import Backoff
 from hotline.transport.events import PacketIn, PathConnected, PathDisconnected, TransportEvent
-from hotline.transport.tcp import TcpListener, TcpPath, choose_inbound_path
+from hotline.transport.tcp import TcpPath
+from hotline.transport.tcp_listener import TcpListener, choose_inbound_path, source_key
 from hotline.transport.udp import UdpEndpoint
 
 
@@ -202,22 +203,50 @@ async def test_tcp_framing_across_partial_reads():
         nursery.cancel_scope.cancel()
 
 
-async def test_tcp_inbound_counts_only_after_a_packet_and_carries_replies():
+async def inbound_packet(
+    side: Side, stream: trio.SocketStream, data: bytes
+) -> PacketIn:
+    """Send ``data`` as one frame on ``stream`` (an inbound connection of ``side``); the
+    ``PacketIn`` it became."""
+    await stream.send_all(encode_tcp_frame(data))
+    event = await next_event(side.rx, PacketIn)
+    assert isinstance(event, PacketIn)
+    assert event.data == data
+    return event
+
+
+async def connect(side: Side, source: str = "127.0.0.1") -> trio.SocketStream:
+    """A connection to ``side``'s listener from ``source``, once the listener took it."""
+    accepted = side.listener.stats.accepted
+    stream = await trio.open_tcp_stream("127.0.0.1", side.port, local_address=source)
+    await wait_until(lambda: side.listener.stats.accepted > accepted)
+    return stream
+
+
+async def assert_nothing_received(stream: trio.SocketStream) -> None:
+    """Nothing is waiting on ``stream``. Call it after the packets written elsewhere
+    arrived: on loopback anything written to ``stream`` before is already buffered."""
+    with trio.move_on_after(0.05):
+        data = await stream.receive_some(65536)
+        assert not data, f"a stranger received {len(data)} bytes"
+
+
+async def test_tcp_inbound_is_the_peers_only_once_a_packet_on_it_authenticated():
     async with trio.open_nursery() as nursery, tcp_side(nursery, "127.0.0.1") as side:
         stream = await trio.open_tcp_stream("127.0.0.1", side.port)
-        await trio.sleep(0.05)
-        assert not side.path.connected  # silent inbound connection: not counted yet
-        side.path.send(b"lost")
-        assert side.path.stats.dropped_not_connected == 1
-        await stream.send_all(encode_tcp_frame(b"hello"))
-        assert isinstance(await next_event(side.rx, PathConnected), PathConnected)
-        event = await next_event(side.rx, PacketIn)
-        assert isinstance(event, PacketIn)
-        assert event.data == b"hello"
+        event = await inbound_packet(side, stream, b"\x03well framed")
         assert event.addr is not None
         assert event.addr[1] == stream.socket.getsockname()[1]
-        side.path.send(b"reply")  # no outbound connection: goes on the inbound one
-        assert await read_frames(stream, 1) == [b"reply"]
+        assert event.conn is not None
+        assert not side.path.connected  # a well-framed packet proves nothing
+        side.path.send(b"\x03lost")
+        assert side.path.stats.dropped_not_connected == 1
+        side.path.on_authenticated(event)  # what the runner does when the link says so
+        assert isinstance(await next_event(side.rx, PathConnected), PathConnected)
+        assert side.path.connected
+        side.path.send(b"\x03reply")
+        assert await read_frames(stream, 1) == [b"\x03reply"]
+        assert side.path.stats.inbound_authenticated == 1
         await stream.aclose()
         event = await next_event(side.rx, PathDisconnected)
         assert isinstance(event, PathDisconnected)
@@ -225,11 +254,63 @@ async def test_tcp_inbound_counts_only_after_a_packet_and_carries_replies():
         nursery.cancel_scope.cancel()
 
 
+async def test_tcp_writes_only_to_the_most_recently_authenticated_else_outbound():
+    (peer_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    peer_port = peer_listener.socket.getsockname()[1]
+    async with trio.open_nursery() as nursery, tcp_side(
+        nursery, "127.0.0.1", target_port=peer_port
+    ) as side:
+        dialled = await peer_listener.accept()
+        await next_event(side.rx, PathConnected)
+        stranger = await trio.open_tcp_stream("127.0.0.1", side.port)
+        await inbound_packet(side, stranger, b"\x03junk")
+        side.path.send(b"\x01handshake")  # nothing authenticated: our own dial
+        assert await read_frames(dialled, 1) == [b"\x01handshake"]
+
+        newer = await trio.open_tcp_stream("127.0.0.1", side.port)
+        side.path.on_authenticated(await inbound_packet(side, newer, b"\x03from peer"))
+        side.path.send(b"\x03to newer")
+        assert await read_frames(newer, 1) == [b"\x03to newer"]
+
+        await dialled.send_all(encode_tcp_frame(b"\x03on our dial"))
+        side.path.on_authenticated(await next_event(side.rx, PacketIn))  # type: ignore[arg-type]
+        side.path.send(b"\x03to dialled")
+        assert await read_frames(dialled, 1) == [b"\x03to dialled"]
+        await assert_nothing_received(newer)
+        await assert_nothing_received(stranger)
+        for s in (dialled, stranger, newer):
+            await s.aclose()
+        await peer_listener.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_tcp_answer_goes_back_on_the_requesting_connection_once():
+    async with trio.open_nursery() as nursery, tcp_side(nursery, "127.0.0.1") as side:
+        requester = await trio.open_tcp_stream("127.0.0.1", side.port)
+        initiation = await inbound_packet(side, requester, b"\x01initiation")
+        side.path.on_answered(initiation)  # the link queued a reply to it
+        side.path.send(b"\x03sealed")  # a transport packet never follows an answer
+        side.path.send(b"\x02response")
+        side.path.send(b"\x02another")  # one answer per answered packet
+        assert await read_frames(requester, 1) == [b"\x02response"]
+        assert side.path.stats.answers_sent == 1
+        assert side.path.stats.dropped_not_connected == 2
+        assert not side.path.connected  # answering grants no trust
+
+        side.path.answer_timeout = 0.0
+        side.path.on_answered(initiation)
+        side.path.send(b"\x02too late")
+        assert side.path.stats.dropped_not_connected == 3
+        await assert_nothing_received(requester)
+        await requester.aclose()
+        nursery.cancel_scope.cancel()
+
+
 async def test_tcp_oversize_frame_closes_only_that_connection():
     async with trio.open_nursery() as nursery, tcp_side(nursery, "127.0.0.1") as side:
         bad = await trio.open_tcp_stream("127.0.0.1", side.port)
-        await bad.send_all(encode_tcp_frame(b"ok"))
-        assert await packets(side.rx, 1) == [b"ok"]
+        side.path.on_authenticated(await inbound_packet(side, bad, b"ok"))
+        await next_event(side.rx, PathConnected)
         await bad.send_all(struct.pack(">I", 0xFFFFFFFF) + b"xx")
         await read_eof(bad)
         event = await next_event(side.rx, PathDisconnected)
@@ -237,28 +318,108 @@ async def test_tcp_oversize_frame_closes_only_that_connection():
         assert event.reason == "bad-framing"
         assert side.path.stats.framing_errors == 1
         good = await trio.open_tcp_stream("127.0.0.1", side.port)
-        await good.send_all(encode_tcp_frame(b"still here"))
-        assert await packets(side.rx, 1) == [b"still here"]
+        await inbound_packet(side, good, b"still here")
         await good.aclose()
         await bad.aclose()
         nursery.cancel_scope.cancel()
 
 
-async def test_tcp_silent_inbound_closed_after_timeout_and_limit_enforced():
+async def test_tcp_unauthenticated_inbound_closed_at_the_deadline_even_if_it_talks():
     async with trio.open_nursery() as nursery, tcp_side(
-        nursery, "127.0.0.1", max_inbound=2, first_packet_timeout=0.3
+        nursery, "127.0.0.1", auth_timeout=0.3
     ) as side:
-        streams = [await trio.open_tcp_stream("127.0.0.1", side.port) for _ in range(3)]
-        await read_eof(streams[2])  # over the limit: closed at once
-        assert side.listener.stats.refused_limit == 1
-        await read_eof(streams[0])  # silent: closed after first_packet_timeout
-        await read_eof(streams[1])
-        assert side.path.stats.idle_timeouts == 2
-        assert not side.path.connected
-        for s in streams:
-            await s.aclose()
-        await wait_until(lambda: side.listener.active == 0)
+        peer = await trio.open_tcp_stream("127.0.0.1", side.port)
+        side.path.on_authenticated(await inbound_packet(side, peer, b"\x03authentic"))
+        silent = await trio.open_tcp_stream("127.0.0.1", side.port)
+        junk = await trio.open_tcp_stream("127.0.0.1", side.port)
+        await inbound_packet(side, junk, b"\x03junk")
+        loris = await trio.open_tcp_stream("127.0.0.1", side.port)
+        await loris.send_all(b"\x00\x00")  # half a length prefix, and then nothing
+        for stream in (silent, junk, loris):
+            await read_eof(stream)
+        assert side.path.stats.auth_timeouts == 3
+        await inbound_packet(side, peer, b"\x03after the deadline")
+        side.path.send(b"\x03still ours")
+        assert await read_frames(peer, 1) == [b"\x03still ours"]
+        for stream in (peer, silent, junk, loris):
+            await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_tcp_listener_evicts_the_oldest_unauthenticated_of_a_source_then_of_all():
+    async with trio.open_nursery() as nursery, tcp_side(
+        nursery, "127.0.0.1", max_inbound=4, max_unauthenticated_per_source=2
+    ) as side:
+        listener = side.listener
+        a1, a2, a3 = [await connect(side, "127.0.0.1") for _ in range(3)]
+        await read_eof(a1)  # its source was at the cap: its oldest went
+        assert listener.stats.evicted_source_cap == 1
+        b1, b2 = [await connect(side, "127.0.0.2") for _ in range(2)]
+        c1 = await connect(side, "127.0.0.3")  # full: the oldest of all went
+        await read_eof(a2)
+        assert listener.stats.evicted_full == 1
+        assert listener.active == 4
+        for stream in (a3, b1, b2, c1):
+            await inbound_packet(side, stream, b"alive")
+        for stream in (a1, a2, a3, b1, b2, c1):
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_tcp_full_listener_never_evicts_an_authenticated_connection():
+    async with trio.open_nursery() as nursery, tcp_side(
+        nursery, "127.0.0.1", max_inbound=2, max_unauthenticated_per_source=2
+    ) as side:
+        listener = side.listener
+        first = await trio.open_tcp_stream("127.0.0.1", side.port)
+        side.path.on_authenticated(await inbound_packet(side, first, b"first"))
+        second = await connect(side)
+        third = await trio.open_tcp_stream("127.0.0.1", side.port)
+        await read_eof(second)  # the oldest UNauthenticated one made room
+        side.path.on_authenticated(await inbound_packet(side, third, b"third"))
+        fourth = await trio.open_tcp_stream("127.0.0.1", side.port)
+        await read_eof(fourth)  # every slot authenticated: refused
+        assert (listener.stats.evicted_full, listener.stats.refused_full) == (1, 1)
+        assert listener.unauthenticated == 0
+        for stream in (first, third):
+            await inbound_packet(side, stream, b"still here")
+        for stream in (first, second, third, fourth):
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_tcp_connection_that_carried_a_valid_initiation_keeps_its_slot_until_deadline():
+    async with trio.open_nursery() as nursery, tcp_side(
+        nursery, "127.0.0.1", max_inbound=2, max_unauthenticated_per_source=2, auth_timeout=0.5
+    ) as side:
+        listener = side.listener
+        requester = await trio.open_tcp_stream("127.0.0.1", side.port)
+        side.path.on_answered(await inbound_packet(side, requester, b"\x01initiation"))
+        stranger = await connect(side)
+        newcomer = await trio.open_tcp_stream("127.0.0.1", side.port)
+        await read_eof(stranger)  # made room; the requester did not
+        await inbound_packet(side, requester, b"\x03handshake goes on")
+        await read_eof(requester)  # but it is not trusted: its deadline still holds
+        assert (listener.stats.evicted_full, listener.stats.evicted_source_cap) == (1, 0)
+        assert side.path.stats.auth_timeouts >= 1
+        for stream in (requester, stranger, newcomer):
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+def test_source_key_is_the_ipv4_address_or_the_ipv6_slash_64():
+    assert source_key(("192.0.2.7", 1)) == source_key(("::ffff:192.0.2.7", 2, 0, 0))
+    assert source_key(("192.0.2.7", 1)) != source_key(("192.0.2.8", 1))
+    assert source_key(("2001:db8::1", 1, 0, 0)) == source_key(("2001:db8::ffff:2", 9, 0, 0))
+    assert source_key(("2001:db8::1", 1, 0, 0)) != source_key(("2001:db8:0:1::1", 1, 0, 0))
+    assert source_key(("fe80::1%lo", 1, 0, 1)) == "fe80::/64"
+
+
+def test_listener_refuses_a_per_source_cap_above_the_total():
+    tx, _rx = trio.open_memory_channel[TransportEvent](1)
+    path = TcpPath(0, "127.0.0.1", 1, tx)
+    with pytest.raises(LocalProtocolError):
+        TcpListener("127.0.0.1", 0, [path], max_inbound=2, max_unauthenticated_per_source=3)
 
 
 async def test_tcp_send_queue_drops_oldest_when_full():
@@ -267,8 +428,7 @@ async def test_tcp_send_queue_drops_oldest_when_full():
     ) as side:
         side.path.queue_limit = 256
         stream = await trio.open_tcp_stream("127.0.0.1", side.port)
-        await stream.send_all(encode_tcp_frame(b"hi"))
-        await next_event(side.rx, PathConnected)
+        side.path.on_authenticated(await inbound_packet(side, stream, b"hi"))
         for i in range(300):  # the writer is not running yet: the queue overflows
             side.path.send(b"p%d" % i)
         assert side.path.stats.dropped_queue_full == 44
@@ -410,7 +570,7 @@ async def test_udp_oversize_dropped_and_attribution_and_roaming():
         assert isinstance(event, PacketIn)
         assert event.path_id == 1  # unknown source: the first UDP path (the link decides)
 
-        p1.set_remote(event.addr)  # type: ignore[arg-type]
+        p1.on_authenticated(event)  # the link said it authenticated: roam
         p1.send(b"to-new")
         with trio.fail_after(5):
             data, src = await stranger.recvfrom(2048)
@@ -421,6 +581,37 @@ async def test_udp_oversize_dropped_and_attribution_and_roaming():
             data, _ = await r1.recvfrom(2048)
         assert data == b"to-old"
         for s in (r1, r3, stranger):
+            s.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_udp_answer_goes_to_the_requester_without_roaming():
+    """A replayed initiation is answered where it came from; the remote stays put."""
+    async with trio.open_nursery() as nursery:
+        tx, rx = trio.open_memory_channel[TransportEvent](100)
+        ep = UdpEndpoint(tx)
+        (local,) = await nursery.start(ep.run, [("127.0.0.1", 0)])
+        peer, replayer = raw_udp(), raw_udp()
+        for s in (peer, replayer):
+            await s.bind(("127.0.0.1", 0))
+        path = ep.add_path(0, "127.0.0.1", peer.getsockname()[1])
+        await next_event(rx, PathConnected)
+        configured = path.remote
+        await replayer.sendto(b"\x01captured initiation", local)
+        replayed = await next_event(rx, PacketIn)
+        assert isinstance(replayed, PacketIn)
+        path.on_answered(replayed)  # what the runner does for Received.ANSWERED
+        path.send(b"\x02response")
+        path.send(b"\x03sealed")
+        path.send(b"\x01our initiation")
+        with trio.fail_after(5):
+            assert await replayer.recv(2048) == b"\x02response"
+            assert await peer.recv(2048) == b"\x03sealed"
+            assert await peer.recv(2048) == b"\x01our initiation"
+        assert path.remote == configured
+        with trio.move_on_after(0.05):
+            assert not await replayer.recv(2048), "the replayer got more than its answer"
+        for s in (peer, replayer):
             s.close()
         nursery.cancel_scope.cancel()
 

@@ -13,7 +13,7 @@ import pytest
 from hotline.proto.endpoint import EndpointSettings
 from hotline.proto.envelope import decode_envelope_untrusted
 from hotline.proto.lanes import FLASH, ROUTINE
-from hotline.proto.link import Link, LinkSettings
+from hotline.proto.link import Link, LinkSettings, Received
 from hotline.proto.requests import Refused, SendRequest, Stored
 from hotline.testing.endpoints import Node, NodePair
 
@@ -124,7 +124,7 @@ def test_rekey_keeps_the_stream_going(tmp_path: Path) -> None:
 def test_garbage_packets_are_dropped_not_raised(pair: NodePair) -> None:
     pair.run(1.0)
     for junk in (b"", b"\x03" + bytes(40), b"\x01" * 200, b"\x02" + bytes(100), b"\xff"):
-        assert pair.b.receive(0, junk) is False
+        assert pair.b.receive(0, junk) is Received.NOTHING
     pair.b.turn()
     assert sum(pair.b.endpoint.narrator.dropped.values()) == 5
     send(pair.a, b"still fine")
@@ -220,7 +220,8 @@ def test_a_restored_sender_starts_a_new_epoch_and_resends_nothing_is_lost(
     assert pair.a.endpoint.link.epoch != old_epoch
     assert any(n.kind == "epoch" and n.priority == 2 for n in pair.a.notices)
     got = delivered(pair.b)
-    assert b"new after restore 1" in got and b"new after restore 2" in got
+    assert b"new after restore 1" in got
+    assert b"new after restore 2" in got
     assert got.count(b"before backup") == 1
 
 
@@ -251,7 +252,9 @@ def test_an_ack_from_the_previous_session_frees_nothing(pair: NodePair) -> None:
         and withheld.append(packet) is None
     send(pair.a, b"m1", b"m2", b"m3")
     pair.run(0.5)
-    assert len(delivered(pair.b)) == 3 and acked(pair.a) == 0 and withheld
+    assert len(delivered(pair.b)) == 3
+    assert acked(pair.a) == 0
+    assert withheld
     pair.b.wipe(pair.now)
     sessions = pair.a.endpoint.link.sessions
     first = sessions.handshakes_completed
@@ -290,7 +293,8 @@ def test_a_failed_commit_refuses_and_recovers(pair: NodePair) -> None:
     token = pair.a.call(SendRequest("text/plain", (b"lost",)))
     pair.a.turn()
     outcome = pair.a.replies[token]
-    assert isinstance(outcome, Refused) and outcome.error.exit_code == 74
+    assert isinstance(outcome, Refused)
+    assert outcome.error.exit_code == 74
     assert any(n.kind == "store" and n.priority == 2 for n in pair.a.notices)
     pair.a.fail_commits = False
     assert send(pair.a, b"kept") == [(ROUTINE, 1)]
@@ -394,6 +398,7 @@ def test_endpoint_timer_is_always_in_the_future(pair: NodePair) -> None:
         node.turn()
         node.take_packets()
         deadline = node.get_timer()
-        assert deadline is not None and deadline > now
+        assert deadline is not None
+        assert deadline > now
         now = deadline
 
