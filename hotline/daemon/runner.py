@@ -38,12 +38,14 @@ from hotline.proto.events import (
     Dropped,
     Event,
     HandshakeComplete,
+    InitiationAccepted,
     PathDown,
     PathUp,
     PrimaryChanged,
     ReceiptReceived,
     ResetPath,
 )
+from hotline.proto.guard import source_of
 from hotline.proto.incoming import NewEpoch
 from hotline.proto.link import Link
 from hotline.proto.sequencer import Sequencer
@@ -239,7 +241,8 @@ class Runner:
 
     def _handle(self, item: RunnerInput, now: float) -> None:
         if isinstance(item, PacketIn):
-            ok = self.link.receive_untrusted(item.path_id, item.data, now)
+            ok = self.link.receive_untrusted(item.path_id, item.data, now,
+                                             source_of(item.addr))
             if ok and item.addr is not None:
                 transport = self._transports.get(item.path_id)
                 set_remote = getattr(transport, "set_remote", None)
@@ -325,6 +328,10 @@ class Runner:
                     transport.reset()
             elif isinstance(event, Dropped):
                 self._on_dropped(event)
+            elif isinstance(event, InitiationAccepted):
+                # The replay floor; the store does not keep it yet (the lead wires it:
+                # persist it, pass it back as Link(timestamp_floor_ns=...)).
+                continue
             else:
                 state_changed = True
                 self._log_change(event)
@@ -427,6 +434,11 @@ class Runner:
             transport = self._transports.get(path_id)
             if transport is not None:
                 transport.send(packet)
+        for path_id, source, packet in self.link.replies_to_send():
+            # Only UDP paths get replies addressed to one source (``UdpPath.send_to``).
+            send_to = getattr(self._transports.get(path_id), "send_to", None)
+            if send_to is not None:
+                send_to(source, packet)
         if not self._committing and not _empty(self._batch) and self._store is not None:
             self._committing = True
             batch, self._batch = self._batch, Batch()

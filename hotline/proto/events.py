@@ -3,7 +3,8 @@
 The daemon turns them into store writes (``Delivered``, ``Acked``,
 ``ReceiptReceived``), log lines (``PathUp``/``PathDown``/``PrimaryChanged``/
 ``HandshakeComplete``/``NewEpoch``/``Dropped``) and transport actions
-(``ResetPath``: drop the TCP connection and re-dial).
+(``ResetPath``: drop the TCP connection and re-dial); ``InitiationAccepted`` carries
+the handshake replay floor for the store.
 """
 
 from __future__ import annotations
@@ -56,6 +57,17 @@ class Dropped:
 
 
 @dataclass(frozen=True)
+class InitiationAccepted:
+    """A peer's initiation authenticated; its timestamp is the new replay floor.
+
+    The daemon persists it and passes the last one back as ``timestamp_floor_ns`` at
+    start-up, so a captured initiation is refused after a restart too (DESIGN §2b).
+    """
+
+    timestamp_ns: int
+
+
+@dataclass(frozen=True)
 class ResetPath:
     """The transport should drop this path's connection and re-dial it."""
 
@@ -89,5 +101,5 @@ class ReceiptReceived:
 
 Event = (
     PathUp | PathDown | PrimaryChanged | HandshakeComplete | Dropped | ResetPath
-    | Delivered | Acked | ReceiptReceived | NewEpoch
+    | Delivered | Acked | ReceiptReceived | NewEpoch | InitiationAccepted
 )

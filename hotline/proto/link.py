@@ -39,6 +39,7 @@ from hotline.proto.events import (
     Dropped,
     Event,
     HandshakeComplete,
+    InitiationAccepted,
     PathDown,
     PathUp,
     PrimaryChanged,
@@ -58,11 +59,13 @@ from hotline.proto.frames import (
     encode_frame,
 )
 from hotline.proto.framing import TAG_BUNDLE, Reassembler, pack_frames, unbundle_untrusted
+from hotline.proto.guard import Source
 from hotline.proto.heartbeat import PathHealth, make_pong
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.incoming import IncomingStream
 from hotline.proto.outgoing import OutgoingStream
 from hotline.proto.packet import (
+    PACKET_COOKIE_REPLY,
     PACKET_INITIATION,
     PACKET_RESPONSE,
     TCP_MAX_PACKET,
@@ -128,6 +131,8 @@ class Link:
         rng: Callable[[int], bytes],
         now: float,
         wall_ns: int,
+        *,
+        timestamp_floor_ns: int | None = None,
     ) -> None:
         self._our = our
         self._their = their
@@ -137,7 +142,8 @@ class Link:
             PathHealth(i, p.url, settings.heartbeat, settings.dead_after)
             for i, p in enumerate(self.specs)
         ]
-        self.sessions = SessionManager(our, their, rng, settings.rekey_after)
+        self.sessions = SessionManager(our, their, rng, settings.rekey_after,
+                                       timestamp_floor_ns=timestamp_floor_ns)
         self.outgoing = OutgoingStream(
             streams.out_epoch, streams.out_acked, streams.out_unacked,
             max_in_flight=settings.max_in_flight,
@@ -149,6 +155,7 @@ class Link:
         self._reassembler = Reassembler(settings.max_message + 4096)
         self._frag_id = 0
         self._out: list[tuple[int, bytes]] = []
+        self._replies: list[tuple[int, Source, bytes]] = []  # to one source, not the path
         self._frames: dict[int, list[bytes]] = {}  # encoded frames per path, this turn
         self._events: list[Event] = []
         self._delivered: list[Delivered] = []
@@ -176,18 +183,27 @@ class Link:
             self._events.append(PathDown(path_id, self.specs[path_id].url, "connection closed"))
         self._choose_primary(now)
 
-    def receive_untrusted(self, path_id: int, packet: bytes, now: float) -> bool:
-        """Handle one packet from the network. Returns True if it authenticated.
+    def receive_untrusted(self, path_id: int, packet: bytes, now: float,
+                          source: Source | None = None) -> bool:
+        """Handle one packet from the network.
+
+        Args:
+            source: where it came from (``guard.source_of`` of the transport's address;
+                for TCP the connection's peer address), for cookies and budgets.
+
+        Returns:
+            True if it proved the peer live at ``source`` now — a response to our
+            initiation or a transport packet that decrypted — so the daemon may roam
+            the UDP path there. Never for an initiation: it may be a replay.
 
         Never raises for bad input: it is counted and reported as a ``Dropped`` event.
         """
         try:
-            self._receive(path_id, packet, now)
+            return self._receive(path_id, packet, now, source)
         except RemoteProtocolError as err:
             self.dropped += 1
             self._events.append(Dropped(path_id, type(err).__name__, str(err)))
             return False
-        return True
 
     def queue_messages(self, records: Sequence[tuple[int, bytes, bytes]], now: float) -> None:
         """Messages now durable in the outbox (seq, envelope bytes, signature): send them."""
@@ -229,6 +245,13 @@ class Link:
         out, self._out = self._out, []
         return out
 
+    def replies_to_send(self) -> list[tuple[int, Source, bytes]]:
+        """Handshake replies to send to one address, not the path's: (path id, source,
+        packet). Cookie replies, and on UDP our response to an initiation, go back to
+        where the initiation came from without roaming the path to it."""
+        out, self._replies = self._replies, []
+        return out
+
     def next_events(self) -> list[Event]:
         """Events since the last call, oldest first."""
         events = self._events
@@ -263,19 +286,48 @@ class Link:
 
     # --- receive internals --------------------------------------------------------
 
-    def _receive(self, path_id: int, packet: bytes, now: float) -> None:
+    def _receive(self, path_id: int, packet: bytes, now: float, source: Source | None) -> bool:
         kind = packet_type_untrusted(packet)
         if kind == PACKET_INITIATION:
-            response = self.sessions.on_initiation_untrusted(packet, now)
-            self._heard(path_id, now)
-            if response is not None:
-                self._out.append((path_id, response))
-            return
+            self._on_initiation(path_id, packet, now, source)
+            return False
+        if kind == PACKET_COOKIE_REPLY:
+            retry = self.sessions.on_cookie_reply_untrusted(packet, now, self.wall_ns(now))
+            if retry is not None:
+                self._out.append((path_id, retry))
+            return False
         if kind == PACKET_RESPONSE:
             self.sessions.on_response_untrusted(packet, now)
             self._heard(path_id, now)
             self._after_handshake(path_id, now, initiator=True)
+        else:
+            self._on_transport(path_id, packet, now)
+        if source is not None:
+            self.sessions.on_authenticated_source(path_id, source)
+        return True
+
+    def _on_initiation(self, path_id: int, packet: bytes, now: float,
+                       source: Source | None) -> None:
+        udp = self.specs[path_id].scheme == "udp"
+        outcome = self.sessions.on_initiation_untrusted(packet, now, source,
+                                                        address_proven=not udp)
+        if outcome.cookie_reply is not None:
+            assert source is not None  # the guard answers only a known source
+            self._replies.append((path_id, source, outcome.cookie_reply))
+            self.dropped += 1
+            self._events.append(Dropped(path_id, "CookieRequired",
+                                        "under load: answered with a cookie, no DH"))
             return
+        if outcome.accepted_timestamp_ns is not None:
+            self._events.append(InitiationAccepted(outcome.accepted_timestamp_ns))
+        self._heard(path_id, now)
+        if outcome.reply is not None:
+            if udp and source is not None:
+                self._replies.append((path_id, source, outcome.reply))
+            else:
+                self._out.append((path_id, outcome.reply))
+
+    def _on_transport(self, path_id: int, packet: bytes, now: float) -> None:
         opened = self.sessions.open_untrusted(packet, now)
         self._heard(path_id, now)
         if opened.confirmed_now:

@@ -22,6 +22,9 @@
 #     the reliable layer retransmits.
 #   * Roaming (DESIGN §3): the link calls ``set_remote(path_id, addr)`` with the source of
 #     the last AUTHENTICATED packet; ``reset_remote`` goes back to the configured one.
+#   * ``send_to(path_id, addr, data)`` sends one datagram to ``addr`` without roaming:
+#     handshake replies (cookie replies, responses) go back to where the initiation
+#     came from, which may be a stranger (DESIGN §2b).
 """UDP transport: one endpoint, many UDP paths, one events channel."""
 
 from __future__ import annotations
@@ -103,6 +106,10 @@ class UdpPath:
     def reset(self) -> None:
         """Forget a roamed address: go back to the configured remote."""
         self._endpoint.reset_remote(self.path_id)
+
+    def send_to(self, addr: Address, data: bytes) -> None:
+        """Send one datagram to ``addr`` only; the path's remote is unchanged."""
+        self._endpoint.send_to(self.path_id, addr, data)
 
     def set_remote(self, addr: Address) -> None:
         """Roam: send to ``addr`` (the source of the last authenticated packet)."""
@@ -302,10 +309,20 @@ class UdpEndpoint:
             LocalProtocolError: an unknown ``path_id`` or ``data`` over ``max_datagram``.
         """
         state = self._state(path_id)
+        self._sendto(state, state.remote, data)
+
+    def send_to(self, path_id: int, addr: Address, data: bytes) -> None:
+        """Send ``data`` as one datagram to ``addr`` (not the path's remote). Never blocks.
+
+        Raises:
+            LocalProtocolError: an unknown ``path_id`` or ``data`` over ``max_datagram``.
+        """
+        self._sendto(self._state(path_id), addr, data)
+
+    def _sendto(self, state: _UdpPathState, remote: Address | None, data: bytes) -> None:
         if len(data) > self.max_datagram:
             raise LocalProtocolError(f"datagram of {len(data)} bytes over {self.max_datagram}")
-        remote = state.remote
-        sock = self._socket_for_remote(state)
+        sock = None if remote is None else self._socket_for(state, remote)
         if remote is None or sock is None:
             self.stats.dropped_no_remote += 1
             return
@@ -320,10 +337,8 @@ class UdpEndpoint:
         self.stats.datagrams_out += 1
         self.stats.bytes_out += len(data)
 
-    def _socket_for_remote(self, state: _UdpPathState) -> _Socket | None:
-        if state.remote is None:
-            return None
-        family = socket.AF_INET6 if len(state.remote) == 4 else socket.AF_INET
+    def _socket_for(self, state: _UdpPathState, remote: Address) -> _Socket | None:
+        family = socket.AF_INET6 if len(remote) == 4 or ":" in str(remote[0]) else socket.AF_INET
         if state.last_sock is not None and state.last_sock.family == family:
             return state.last_sock
         return self._socket_for_family(family)
