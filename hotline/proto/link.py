@@ -321,11 +321,13 @@ class Link:
         if outcome.accepted_timestamp_ns is not None:
             self._events.append(InitiationAccepted(outcome.accepted_timestamp_ns))
         self._heard(path_id, now)
-        if outcome.reply is not None:
+        if outcome.own_initiation is not None:
+            self._out.append((path_id, outcome.own_initiation))
+        if outcome.response is not None:
             if udp and source is not None:
-                self._replies.append((path_id, source, outcome.reply))
+                self._replies.append((path_id, source, outcome.response))
             else:
-                self._out.append((path_id, outcome.reply))
+                self._out.append((path_id, outcome.response))
 
     def _on_transport(self, path_id: int, packet: bytes, now: float) -> None:
         opened = self.sessions.open_untrusted(packet, now)

@@ -66,13 +66,16 @@ class ActiveSession:
 class InitiationOutcome:
     """What answering one initiation produced (any field may be None).
 
-    ``reply``: our response, or our own initiation again (crossing), for the initiator.
-    ``cookie_reply``: we are under load and the initiation lacked a valid mac2; send
-    this to its source only — nothing else happened. ``accepted_timestamp_ns``: the
-    initiation authenticated and its timestamp is the new replay floor (persist it).
+    ``response``: our response, for whoever sent the initiation (its source).
+    ``own_initiation``: initiations crossed and ours wins: our own initiation again,
+    for the peer (the path). ``cookie_reply``: we are under load and the initiation
+    lacked a valid mac2; send this to its source only — nothing else happened.
+    ``accepted_timestamp_ns``: the initiation authenticated and its timestamp is the
+    new replay floor (persist it).
     """
 
-    reply: bytes | None = None
+    response: bytes | None = None
+    own_initiation: bytes | None = None
     cookie_reply: bytes | None = None
     accepted_timestamp_ns: int | None = None
 
@@ -179,9 +182,9 @@ class SessionManager:
         """Screen and answer a peer's initiation.
 
         The guard screens it first (no DH yet): it may be dropped (raises) or answered
-        with a cookie reply. Otherwise the reply is normally our response; when
-        initiations cross and ours wins, it is None, or — once per initiation of ours —
-        our own initiation again.
+        with a cookie reply. Otherwise it normally gets our response; when initiations
+        cross and ours wins, nothing, or — once per initiation of ours — our own
+        initiation is sent again.
 
         The initiation is authenticated in full before the crossing rule is applied, so
         nothing unauthenticated ever changes our state or counts as hearing the peer.
@@ -210,13 +213,14 @@ class SessionManager:
             if self._pending_resent:
                 return InitiationOutcome(accepted_timestamp_ns=accepted)
             self._pending_resent = True
-            return InitiationOutcome(self._pending_packet, accepted_timestamp_ns=accepted)
+            return InitiationOutcome(own_initiation=self._pending_packet,
+                                     accepted_timestamp_ns=accepted)
         self.pending = None
         if self.unconfirmed is not None:
             self._by_index.pop(self.unconfirmed.session.our_index, None)
         self.unconfirmed = ActiveSession(session)
         self._by_index[index] = self.unconfirmed
-        return InitiationOutcome(response, accepted_timestamp_ns=accepted)
+        return InitiationOutcome(response=response, accepted_timestamp_ns=accepted)
 
     def on_cookie_reply_untrusted(self, packet: bytes, now: float, wall_ns: int) -> bytes | None:
         """Keep the cookie the peer sent for our pending initiation.

@@ -21,18 +21,18 @@
 # Subprocess use (integration tests):
 #     python -m hotline.testing.flood --plan '{"victim_pub": "ssh-ed25519 …",
 #         "udp_port": 7411, "tcp_port": 7411, "rate": 1000, "duration": 8}'
-# prints ONE JSON line {"ready": true} once its sockets are up, then, when done, one
-# JSON line of counters (``FloodStats``). ``FloodProcess`` wraps that for pytest.
+# prints ONE JSON line {"ready": true} once its sockets are up, then, when done (or on
+# SIGTERM), one JSON line of counters (``FloodStats``). ``FloodProcess`` wraps that.
 """A bounded, loopback-only handshake flooder (forged and replayed initiations, junk)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import ipaddress
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -133,7 +133,7 @@ class FloodStats:
     send_errors: int = 0
     cookie_replies: int = 0
     cookies_accepted: int = 0
-    other_replies: int = 0
+    other_replies: int = 0  # datagrams back that are not cookie replies (responses)
     tcp_bytes_received: int = 0
     seconds: float = 0.0
 
@@ -173,6 +173,11 @@ class Flooder:
         self._tcp: list[socket.socket] = []
         self._next_index = 1
         self._replays = 0
+        self._stopped = False
+
+    def stop(self) -> None:
+        """End ``run`` early (e.g. from a signal handler)."""
+        self._stopped = True
 
     def close(self) -> None:
         """Close every socket."""
@@ -185,7 +190,7 @@ class Flooder:
         """Flood for ``plan.duration`` seconds at ``plan.rate`` packets/s; returns counters."""
         start = time.monotonic()
         sent = 0
-        while (elapsed := time.monotonic() - start) < self.plan.duration:
+        while (elapsed := time.monotonic() - start) < self.plan.duration and not self._stopped:
             due = min(int(elapsed * self.plan.rate) - sent, 1000)
             for _ in range(due):
                 self._send_one(sent)
@@ -282,15 +287,16 @@ class Flooder:
                     break
                 self._on_datagram(source, data)
         for conn in list(self._tcp):
-            with contextlib.suppress(BlockingIOError):
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    data = b""
-                self.stats.tcp_bytes_received += len(data)
-                if not data:
-                    self._tcp.remove(conn)
-                    conn.close()
+            try:
+                data = conn.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            self.stats.tcp_bytes_received += len(data)
+            if not data:
+                self._tcp.remove(conn)
+                conn.close()
 
     def _on_datagram(self, source: _UdpSource, data: bytes) -> None:
         if len(data) != COOKIE_REPLY_LEN or data[0] != TYPE_COOKIE_REPLY:
@@ -315,7 +321,7 @@ class FloodProcess:
 
         with FloodProcess(plan) as flood:   # returns once its sockets are up
             ...                             # the daemons are flooded meanwhile
-        flood.stats                         # counters, once it has finished
+            stats = flood.stop()            # or flood.wait() for the whole duration
     """
 
     def __init__(self, plan: FloodPlan, startup_timeout: float = 10.0) -> None:
@@ -349,12 +355,23 @@ class FloodProcess:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def running(self) -> bool:
+        """True while the flooder is still sending."""
+        return self.process.poll() is None
+
     def wait(self) -> dict[str, Any]:
         """Wait for the flood to end (its duration, plus slack); returns its counters."""
         line = self._readline(self.plan.duration + 30.0)
         self.stats = json.loads(line)
         self.process.wait(10)
         return self.stats
+
+    def stop(self) -> dict[str, Any]:
+        """End the flood now (SIGTERM); returns its counters."""
+        if self.running:
+            self.process.terminate()
+        return self.wait()
 
     def close(self) -> None:
         """Stop the flooder now if it is still running."""
@@ -375,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plan", required=True, help="a FloodPlan as JSON")
     args = parser.parse_args(argv)
     flooder = Flooder(FloodPlan(**json.loads(args.plan)))
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: flooder.stop())
     try:
         print(json.dumps({"ready": True}), flush=True)
         stats = flooder.run()
