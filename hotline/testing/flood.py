@@ -55,6 +55,7 @@ from hotline.proto.cookie import (
 from hotline.proto.framing import encode_tcp_frame
 from hotline.proto.handshake import INITIATION_MAX, TYPE_INITIATION
 from hotline.proto.identity import PublicKey
+from hotline.testing.process import read_line, terminate
 
 _MODULE = "hotline.testing.flood"
 _KINDS = ("forged", "replay", "junk")
@@ -339,15 +340,11 @@ class FloodProcess:
             raise RuntimeError(f"flooder did not start: {ready!r}")
 
     def _readline(self, timeout: float) -> str:
-        import selectors
-
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.process.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout):
-                self.close()
-                raise TimeoutError("flooder did not answer")
-        return self.process.stdout.readline() or "{}"
+        try:
+            return read_line(self.process, timeout) or "{}"
+        except TimeoutError:
+            self.close()
+            raise
 
     def __enter__(self) -> FloodProcess:
         return self
@@ -374,16 +371,8 @@ class FloodProcess:
         return self.wait()
 
     def close(self) -> None:
-        """Stop the flooder now if it is still running."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        """Stop the flooder now if it is still running (its counters are lost)."""
+        terminate(self.process)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
