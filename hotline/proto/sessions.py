@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from hotline.errors import HandshakeError
 from hotline.proto.cookie import CookieJar
-from hotline.proto.guard import GuardLimits, HandshakeGuard, Source
+from hotline.proto.guard import HandshakeGuard, Source
 from hotline.proto.handshake import Initiation, Responder, Session, keeps_own_initiation
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.packet import TransportOpener, TransportSealer, receiver_index_untrusted
@@ -99,14 +99,13 @@ class SessionManager:
         rekey_after: float,
         *,
         timestamp_floor_ns: int | None = None,
-        guard_limits: GuardLimits | None = None,
     ) -> None:
         self._our = our
         self._their = their
         self._rng = rng
         self._rekey_after = rekey_after
         self._responder = Responder(our, their, rng, timestamp_floor_ns)
-        self.guard = HandshakeGuard(our.public.x25519(), rng, guard_limits)
+        self.guard = HandshakeGuard(our.public.x25519(), rng)
         self._cookies = CookieJar(their.x25519())
         self._cookie_retried = False
         self._by_index: dict[int, ActiveSession] = {}
@@ -205,22 +204,21 @@ class SessionManager:
             packet, index, now, self._cookies.cookie(now)
         )
         accepted = self._responder.last_timestamp_ns
-        if (
-            self.pending is not None
-            and keeps_own_initiation(self._our.public, self._their)
-            and now - self.pending[2] < REKEY_TIMEOUT
-        ):
-            if self._pending_resent:
-                return InitiationOutcome(accepted_timestamp_ns=accepted)
+        if self._ours_wins_crossing(now):
+            own = None if self._pending_resent else self._pending_packet
             self._pending_resent = True
-            return InitiationOutcome(own_initiation=self._pending_packet,
-                                     accepted_timestamp_ns=accepted)
+            return InitiationOutcome(own_initiation=own, accepted_timestamp_ns=accepted)
         self.pending = None
         if self.unconfirmed is not None:
             self._by_index.pop(self.unconfirmed.session.our_index, None)
         self.unconfirmed = ActiveSession(session)
         self._by_index[index] = self.unconfirmed
         return InitiationOutcome(response=response, accepted_timestamp_ns=accepted)
+
+    def _ours_wins_crossing(self, now: float) -> bool:
+        return (self.pending is not None
+                and keeps_own_initiation(self._our.public, self._their)
+                and now - self.pending[2] < REKEY_TIMEOUT)
 
     def on_cookie_reply_untrusted(self, packet: bytes, now: float, wall_ns: int) -> bytes | None:
         """Keep the cookie the peer sent for our pending initiation.
