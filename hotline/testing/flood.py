@@ -107,12 +107,17 @@ class FloodPlan:
         """Refuse anything but a bounded flood on loopback.
 
         Raises:
-            ValueError: a non-loopback address, an unbounded rate or duration, a mix
-                that names an unknown kind or replays nothing.
+            ValueError: a non-loopback address (or a source of another family), an
+                unbounded rate or duration, a mix that names an unknown kind or
+                replays nothing.
         """
+        version = ipaddress.ip_address(self.host).version
         for host in (self.host, *self.sources):
-            if not ipaddress.ip_address(host).is_loopback:
+            address = ipaddress.ip_address(host)
+            if not address.is_loopback:
                 raise ValueError(f"{host} is not a loopback address: loopback only")
+            if address.version != version:
+                raise ValueError(f"source {host} is not of the target's address family")
         if not 0 < self.rate <= _MAX_RATE or not 0 < self.duration <= _MAX_DURATION:
             raise ValueError("rate and duration must be positive and bounded")
         if set(self.mix) - set(_KINDS) or sum(self.mix.values()) <= 0:
