@@ -7,7 +7,7 @@ such a stranger sends may spend the budget the real peer needs. Checks, cheapest
 
 1. size, type, mac1 — one hash (``cookie.py``).
 2. Exact repeats: the mac1 of every initiation that was let through to the DH is kept
-   in a bounded set (``RECENT``); the same initiation again is dropped before anything
+   in a bounded set (``GuardLimits.recent``); the same initiation again is dropped before anything
    else, so replaying a captured initiation costs us one hash per copy. Only
    initiations that reached the DH enter the set, so junk cannot flush it faster than
    the DH budget allows (at 52/s, 4,096 entries last over a minute).
@@ -20,15 +20,16 @@ such a stranger sends may spend the budget the real peer needs. Checks, cheapest
    last authenticated source addresses (one per path, told by the link through
    ``on_authenticated_source``) spends the RESERVED budget first; any other, or when
    that is empty, spends its source's bucket (per IPv4 address or IPv6 /64, as
-   kernel WireGuard; ``SOURCES`` of them, least recently used evicted) AND the shared
+   kernel WireGuard; ``GuardLimits.sources`` of them, least recently used evicted) AND the shared
    global budget. A refusal drops the initiation.
 
 "Under load" (WireGuard: the handshake queue is 1/8 full, then 1 s more) is here:
 within the last ``under_load_after`` seconds, either a budget refused an initiation
 or initiations passing steps 1-2 arrived faster than the shared budget refills (a
-demand bucket of the same rate and burst ran dry). So a flood switches cookies on
-within its first ~50 packets, before the shared budget is spent, and a flood that
-spoofs the peer's address cannot drain the peer's buckets without switching them on.
+demand bucket of the same rate and burst ran dry). So a flood from one address turns
+cookies on after its first 5 packets, one from many addresses no later than the
+shared budget runs dry, and a flood that spoofs the peer's address cannot drain the
+peer's buckets without turning them on.
 
 Costs, as a consequence: a sender without a real address (spoofed sources) never
 reaches the DH under load; a sender at one real address, answering cookies, gets at
