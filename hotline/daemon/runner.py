@@ -33,6 +33,7 @@ from hotline.daemon.logs import Logger
 from hotline.daemon.notify import Notifier
 from hotline.daemon.storeworker import StoreWorker
 from hotline.proto.endpoint import Endpoint, Outputs
+from hotline.proto.guard import Source, source_of
 from hotline.proto.link import Received
 from hotline.transport.events import PacketIn, PathConnected, PathDisconnected, PathTransport
 
@@ -66,6 +67,7 @@ class Runner:
         self._notifier = notifier
         self._wall_ns = wall_ns
         self._idle = trio.Event()
+        self._answering: dict[Source, PacketIn] = {}  # this turn's answered requesters
         self._wedged = False
         self.heartbeat_alive_at = 0.0
 
@@ -122,12 +124,13 @@ class Runner:
     def _feed(self, item: RunnerInput, now: float) -> None:
         endpoint = self.endpoint
         if isinstance(item, PacketIn):
-            received = endpoint.packet(item.path_id, item.data, now)
+            source = source_of(item.addr)
+            received = endpoint.packet(item.path_id, item.data, now, source)
             transport = self._transports.get(item.path_id)
             if transport is not None and received is Received.AUTHENTICATED:
                 transport.on_authenticated(item)
-            elif transport is not None and received is Received.ANSWERED:
-                transport.on_answered(item)
+            elif received is Received.ANSWERED and source is not None:
+                self._answering[source] = item
         elif isinstance(item, PathConnected):
             endpoint.path_connected(item.path_id, now)
         elif isinstance(item, PathDisconnected):
@@ -144,8 +147,15 @@ class Runner:
     def _act(self, out: Outputs) -> None:
         for packet in out.packets:
             transport = self._transports.get(packet.path_id)
-            if transport is not None:
-                transport.send(packet.packet)
+            if transport is None:
+                continue
+            if packet.reply_to is not None:
+                request = self._answering.get(packet.reply_to)
+                if request is None:
+                    continue  # nowhere to answer: the requester is unknown
+                transport.on_answered(request)  # the next handshake packet goes there
+            transport.send(packet.packet)
+        self._answering.clear()
         for path_id in out.resets:
             transport = self._transports.get(path_id)
             if transport is not None:

@@ -50,10 +50,12 @@ from hotline.proto.events import (
     Event,
     Forked,
     GapFound,
+    InitiationAccepted,
     NewEpoch,
     ReceiptReceived,
     ResetPath,
 )
+from hotline.proto.guard import Source
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.lanes import LANES, lane_name, message_id
 from hotline.proto.link import Link, LinkSettings, Outbound, PathSpec, Received
@@ -201,9 +203,11 @@ class Endpoint:
         else:
             self._reply(token, Refused(UsageError, "not supported by this daemon yet"))
 
-    def packet(self, path_id: int, data: bytes, now: float) -> Received:
-        """A packet from a transport; what it proved about its sender (``Received``)."""
-        return self.link.receive_untrusted(path_id, data, now)
+    def packet(self, path_id: int, data: bytes, now: float,
+               source: Source | None = None) -> Received:
+        """A packet from a transport (``source``: ``guard.source_of`` its address); what
+        it proved about its sender (``Received``)."""
+        return self.link.receive_untrusted(path_id, data, now, source)
 
     def path_connected(self, path_id: int, now: float) -> None:
         """The transport can carry packets on this path now."""
@@ -424,6 +428,8 @@ class Endpoint:
             self._out.jobs.append(ReadChain(event.epoch, event.lane, event.upto))
         elif isinstance(event, ResetPath):
             self._out.resets.append(event.path_id)
+        elif isinstance(event, InitiationAccepted):
+            self._batch.store.handshake_ts = event.timestamp_ns
         else:
             if isinstance(event, NewEpoch):
                 self._on_new_peer_epoch(event)

@@ -58,6 +58,14 @@ class Dropped:
 
 
 @dataclass(frozen=True)
+class InitiationAccepted:
+    """A peer's initiation authenticated; its timestamp is the new replay floor, which
+    the endpoint stores so a captured initiation is refused after a restart too."""
+
+    timestamp_ns: int
+
+
+@dataclass(frozen=True)
 class ResetPath:
     """The transport should drop this path's connection and re-dial it."""
 
@@ -137,4 +145,5 @@ class ChainWanted:
 Event = (
     PathUp | PathDown | PrimaryChanged | HandshakeComplete | Dropped | ResetPath
     | Delivered | Acked | ReceiptReceived | NewEpoch | GapFound | Forked | ChainWanted
+    | InitiationAccepted
 )

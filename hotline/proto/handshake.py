@@ -1,30 +1,35 @@
 """The hotline link handshake: Noise KK with WireGuard-style framing (DESIGN §2).
 
-Owns: the two handshake packets, their ``mac1`` DoS filter, the responder's replay
-guard and rate limit, and the crossed-initiation rule. Noise itself is ``noise.py``.
+Owns: the two handshake packets, the responder's replay guard and the
+crossed-initiation rule. Noise itself is ``noise.py``; the mac1/mac2 fields and cookie
+replies are ``cookie.py``; what an initiation must pass before it may cost a
+Diffie-Hellman (repeats, cookies, rate limits) is ``guard.py``.
 
 Protocol ``Noise_KK_25519_ChaChaPoly_BLAKE2s``, prologue ``b"hotline/1"``; both static
 keys are the X25519 forms of the pinned Ed25519 keys (``identity.py``). Packets::
 
-    initiation  01 | sender_index(4 BE) | e(32) | AEAD(payload1)(16+16) | mac1(16)
-    response    02 | sender_index(4 BE) | receiver_index(4 BE) | e(32) | AEAD(payload2) | mac1(16)
+    initiation  01 | sender_index(4) | e(32) | AEAD(payload1)(16+16) | mac1 | mac2
+    response    02 | sender_index(4) | receiver_index(4) | e(32) | AEAD(payload2) | mac1 | mac2
+
+(indexes big-endian; mac1 and mac2 are 16 bytes each, ``cookie.py``).
 
 ``payload1`` is msgpack ``[1, sender_index, timestamp_ns]``; we encode it with
 fixed-width ints (uint32, uint64: 16 bytes, still plain msgpack) so every initiation is
-exactly 85 bytes; receivers accept any msgpack encoding that fits the 85-byte bound.
-``payload2`` is msgpack ``[1, sender_index]`` (the index again, now authenticated): 76..80 bytes.
-Sizes are checked before anything else, then the type byte, then ``mac1`` = keyed
-BLAKE2s-128 (key = BLAKE2s(``"mac1----"`` ‖ receiver's X25519 public)) over the bytes
-before it. mac1 is a cheap filter, not authentication (the key is public): a packet that
-fails it costs one hash, no Diffie-Hellman. The responder then spends a token from its
-per-peer bucket (``RATE_LIMIT`` initiations/s; a global cap across peers is the
-daemon's job), and only then does the Noise work. KK pins both ends: an initiation from
-any key but the pinned one fails the ``ss`` DH and so its AEAD tag.
+exactly 101 bytes; receivers accept any msgpack encoding that fits the 101-byte bound.
+``payload2`` is msgpack ``[1, sender_index]`` (the index again, now authenticated): 92..96 bytes.
+Sizes are checked before anything else, then the type byte, then mac1 (one hash, no
+Diffie-Hellman). mac2 is checked by ``guard.py`` when the responder is under load; an
+initiator does not check the mac2 of a response, as a response costs it a DH only when
+it names the index of its one pending initiation (random, fresh each time).
+KK pins both ends: an initiation from any key but the pinned one fails the ``ss`` DH
+and so its AEAD tag.
 
 Replay: message 1 can be replayed by anyone who saw it, so the responder accepts only a
 timestamp strictly greater than the last one it *accepted*, updated only after the whole
 message authenticated and parsed (as WireGuard's TAI64N). The initiator must keep its
 timestamps increasing across restarts (wall-clock ns; ``sessions.py`` forces monotony).
+The responder can be given the last accepted timestamp at construction (the daemon
+persists it), so a captured initiation is refused after a restart too.
 
 Key confirmation: the responder learns its keys here but must not send transport data
 until the initiator's first transport packet has decrypted with them (that proves the
@@ -39,8 +44,6 @@ operators see and compare (fingerprints); either would do as long as both ends a
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,13 +52,13 @@ from typing import Any
 import msgpack
 
 from hotline.errors import (
-    AuthenticationError,
     DecodeError,
     HandshakeError,
     LimitError,
     LocalProtocolError,
     ReplayError,
 )
+from hotline.proto.cookie import MACS_LEN, add_macs, check_mac1_untrusted, mac1_key, mac1_of
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.noise import DHLEN, TAGLEN, HandshakeState, x25519_public
 
@@ -65,7 +68,6 @@ VERSION = 1
 
 TYPE_INITIATION = 1
 TYPE_RESPONSE = 2
-MAC1_LEN = 16
 MAX_INDEX = 2**32 - 1
 MAX_TIMESTAMP = 2**64 - 1
 
@@ -74,42 +76,27 @@ _RESP_HEADER = 1 + 4 + 4
 # [1, uint32, uint64] in fixed width: fixarray, fixint, 0xce + 4, 0xcf + 8.
 INITIATION_PAYLOAD_MAX = 1 + 1 + 5 + 9
 INITIATION_PAYLOAD_MIN = 4  # [1, 0, 0] in the shortest msgpack form
-INITIATION_MAX = _INIT_HEADER + DHLEN + INITIATION_PAYLOAD_MAX + TAGLEN + MAC1_LEN  # 85
-INITIATION_MIN = _INIT_HEADER + DHLEN + INITIATION_PAYLOAD_MIN + TAGLEN + MAC1_LEN  # 73
+INITIATION_MAX = _INIT_HEADER + DHLEN + INITIATION_PAYLOAD_MAX + TAGLEN + MACS_LEN  # 101
+INITIATION_MIN = _INIT_HEADER + DHLEN + INITIATION_PAYLOAD_MIN + TAGLEN + MACS_LEN  # 89
 # [1, uint32] in fixed width; the index is repeated inside the encrypted payload so
 # that the header's (otherwise unauthenticated) sender index cannot be rewritten.
 RESPONSE_PAYLOAD_MAX = 1 + 1 + 5
 RESPONSE_PAYLOAD_MIN = 3  # [1, 0] in the shortest msgpack form
-RESPONSE_MIN = _RESP_HEADER + DHLEN + RESPONSE_PAYLOAD_MIN + TAGLEN + MAC1_LEN  # 76
-RESPONSE_MAX = _RESP_HEADER + DHLEN + RESPONSE_PAYLOAD_MAX + TAGLEN + MAC1_LEN  # 80
-
-RATE_LIMIT = 50.0  # initiations per second per peer (token bucket, burst of as many)
+RESPONSE_MIN = _RESP_HEADER + DHLEN + RESPONSE_PAYLOAD_MIN + TAGLEN + MACS_LEN  # 92
+RESPONSE_MAX = _RESP_HEADER + DHLEN + RESPONSE_PAYLOAD_MAX + TAGLEN + MACS_LEN  # 96
 
 Rng = Callable[[int], bytes]
 
 
-# --- mac1 -----------------------------------------------------------------------------
+# --- framing --------------------------------------------------------------------------
 
 
-def mac1_key(receiver_x25519_public: bytes) -> bytes:
-    """BLAKE2s(``"mac1----"`` ‖ receiver's X25519 public key), 32 bytes."""
-    return hashlib.blake2s(b"mac1----" + receiver_x25519_public).digest()
+def check_size_untrusted(packet: bytes, kind: int, low: int, high: int) -> None:
+    """Check a handshake packet's size (first) and type byte.
 
-
-def compute_mac1(key: bytes, data: bytes) -> bytes:
-    """Keyed BLAKE2s-128 of ``data`` with a key from ``mac1_key``."""
-    return hashlib.blake2s(data, key=key, digest_size=MAC1_LEN).digest()
-
-
-def _check_mac1_untrusted(key: bytes, packet: bytes) -> bytes:
-    """Returns the packet without its mac1. Raises AuthenticationError on mismatch."""
-    body, mac = packet[:-MAC1_LEN], packet[-MAC1_LEN:]
-    if not hmac.compare_digest(compute_mac1(key, body), mac):
-        raise AuthenticationError("handshake mac1 does not match")
-    return body
-
-
-def _check_size_untrusted(packet: bytes, kind: int, low: int, high: int) -> None:
+    Raises:
+        LimitError: longer than ``high``. DecodeError: shorter than ``low`` or not ``kind``.
+    """
     if len(packet) > high:
         raise LimitError(f"handshake packet of {len(packet)} bytes, at most {high}")
     if len(packet) < low:
@@ -223,28 +210,31 @@ class Initiation:
 
     Use ``Initiation.start``. Once a response has authenticated (whether or not its
     payload was acceptable) the object is spent; further responses raise HandshakeError.
+    ``mac1`` is our packet's mac1: a cookie reply to it is sealed with it as AD.
     """
 
     def __init__(self, hs: HandshakeState, our_index: int, our_mac1_key: bytes,
-                 created_at: float) -> None:
+                 created_at: float, mac1: bytes) -> None:
         self._hs = hs
         self.our_index = our_index
         self.created_at = created_at
+        self.mac1 = mac1
         self._mac1_key = our_mac1_key
         self._spent = False
 
     @classmethod
     def start(cls, our: Identity, their: PublicKey, our_index: int, timestamp_ns: int,
-              now: float, rng: Rng) -> tuple[Initiation, bytes]:
+              now: float, rng: Rng, cookie: bytes | None = None) -> tuple[Initiation, bytes]:
         """Begin a handshake to the pinned peer ``their``.
 
         Args:
             our_index: the index the peer must put in its response (uint32).
             timestamp_ns: strictly greater than any earlier one we sent (wall-clock ns).
             now: monotonic seconds (stored as ``created_at``). rng: ephemeral key source.
+            cookie: the peer's fresh cookie for our address, for mac2 (None: zeros).
 
         Returns:
-            (the pending initiation, the 85-byte initiation packet).
+            (the pending initiation, the 101-byte initiation packet).
         """
         _check_index(our_index)
         if not _is_uint(timestamp_ns, MAX_TIMESTAMP):
@@ -252,9 +242,9 @@ class Initiation:
         hs = _handshake_state(our, their, True, rng)
         body = (bytes([TYPE_INITIATION]) + struct.pack(">I", our_index)
                 + hs.write_message(_encode_initiation_payload(our_index, timestamp_ns)))
-        packet = body + compute_mac1(mac1_key(their.x25519()), body)
+        packet = add_macs(body, mac1_key(their.x25519()), cookie)
         our_key = mac1_key(x25519_public(our.x25519_private()))
-        return cls(hs, our_index, our_key, now), packet
+        return cls(hs, our_index, our_key, now, mac1_of(packet)), packet
 
     def consume_response_untrusted(self, packet: bytes, now: float) -> Session:
         """Complete the handshake with the peer's response packet.
@@ -264,11 +254,11 @@ class Initiation:
                 or AEAD tag (forged, or not from the pinned peer). HandshakeError: not
                 addressed to this initiation, already spent, or an unacceptable version.
         """
-        _check_size_untrusted(packet, TYPE_RESPONSE, RESPONSE_MIN, RESPONSE_MAX)
+        check_size_untrusted(packet, TYPE_RESPONSE, RESPONSE_MIN, RESPONSE_MAX)
         their_index, receiver = struct.unpack_from(">II", packet, 1)
         if receiver != self.our_index:
             raise HandshakeError("response to another initiation")
-        body = _check_mac1_untrusted(self._mac1_key, packet)
+        body = check_mac1_untrusted(self._mac1_key, packet)
         if self._spent:
             raise HandshakeError("initiation already answered")
         self._hs.read_message(
@@ -282,69 +272,65 @@ class Initiation:
 
 
 class Responder:
-    """The long-lived responder side for one pinned peer.
+    """The long-lived responder side for one pinned peer: Noise and the replay guard.
 
-    Holds the last accepted initiation timestamp (replay guard) and a token bucket of
-    ``RATE_LIMIT`` initiations per second.
+    It spends a Diffie-Hellman on every initiation that passes mac1, so the caller
+    screens initiations first (``guard.HandshakeGuard``).
+
+    Args:
+        last_timestamp_ns: the last initiation timestamp accepted before (persisted
+            by the daemon), or None; only later timestamps are accepted.
     """
 
-    def __init__(self, our: Identity, their: PublicKey, rng: Rng) -> None:
+    def __init__(self, our: Identity, their: PublicKey, rng: Rng,
+                 last_timestamp_ns: int | None = None) -> None:
         self._our = our
         self._their = their
         self._rng = rng
         self._mac1_key = mac1_key(x25519_public(our.x25519_private()))
         self._their_mac1_key = mac1_key(their.x25519())
-        self._tokens = RATE_LIMIT
-        self._refilled_at: float | None = None
-        self.last_timestamp_ns: int | None = None
+        if last_timestamp_ns is not None and not _is_uint(last_timestamp_ns, MAX_TIMESTAMP):
+            raise LocalProtocolError("last_timestamp_ns must be a uint64 or None")
+        self.last_timestamp_ns = last_timestamp_ns
 
-    def _take_token(self, now: float) -> None:
-        if self._refilled_at is not None:
-            elapsed = max(0.0, now - self._refilled_at)
-            self._tokens = min(RATE_LIMIT, self._tokens + elapsed * RATE_LIMIT)
-        self._refilled_at = now
-        if self._tokens < 1.0:
-            raise HandshakeError("rate limited")
-        self._tokens -= 1.0
-
-    def consume_initiation_untrusted(self, packet: bytes, our_index: int,
-                                     now: float) -> tuple[Session, bytes]:
+    def consume_initiation_untrusted(self, packet: bytes, our_index: int, now: float,
+                                     cookie: bytes | None = None) -> tuple[Session, bytes]:
         """Answer an initiation from the pinned peer.
 
-        Order of checks, cheapest first: size, type, mac1 (no DH yet), rate limit,
-        Noise (the DH and AEAD), payload, replay. Only full success changes the replay
-        state; the rate-limit token is spent by any initiation that passed mac1.
+        Order of checks, cheapest first: size, type, mac1 (no DH yet), Noise (the DH
+        and AEAD), payload, replay. Only full success changes the replay state.
 
         Args:
             our_index: the index the initiator must use to reach the new session.
             now: monotonic seconds.
+            cookie: the peer's fresh cookie for our address, for our response's mac2.
 
         Returns:
             (the new, unconfirmed responder session, the response packet).
 
         Raises:
             LimitError / DecodeError: wrong size, type or payload. AuthenticationError:
-                bad mac1 or AEAD (e.g. not the pinned peer). HandshakeError: rate
-                limited or wrong version/index. ReplayError: timestamp not newer.
+                bad mac1 or AEAD (e.g. not the pinned peer). HandshakeError: wrong
+                version/index. ReplayError: timestamp not newer.
         """
         _check_index(our_index)
-        _check_size_untrusted(packet, TYPE_INITIATION, INITIATION_MIN, INITIATION_MAX)
-        body = _check_mac1_untrusted(self._mac1_key, packet)
-        self._take_token(now)
+        check_size_untrusted(packet, TYPE_INITIATION, INITIATION_MIN, INITIATION_MAX)
+        body = check_mac1_untrusted(self._mac1_key, packet)
         (their_index,) = struct.unpack_from(">I", body, 1)
         hs = _handshake_state(self._our, self._their, False, self._rng)
         payload = hs.read_message(body[_INIT_HEADER:])
         timestamp = _decode_initiation_payload_untrusted(payload, their_index)
         if self.last_timestamp_ns is not None and timestamp <= self.last_timestamp_ns:
             raise ReplayError("initiation timestamp not newer than the last accepted")
-        response = self._response(hs, our_index, their_index)
+        response = self._response(hs, our_index, their_index, cookie)
         self.last_timestamp_ns = timestamp
         return _session(hs, our_index, their_index, now), response
 
-    def _response(self, hs: HandshakeState, our_index: int, their_index: int) -> bytes:
+    def _response(self, hs: HandshakeState, our_index: int, their_index: int,
+                  cookie: bytes | None) -> bytes:
         body = (bytes([TYPE_RESPONSE]) + struct.pack(">II", our_index, their_index)
                 + hs.write_message(_encode_response_payload(our_index)))
-        return body + compute_mac1(self._their_mac1_key, body)
+        return add_macs(body, self._their_mac1_key, cookie)
 
 
 def keeps_own_initiation(our: PublicKey, their: PublicKey) -> bool:

@@ -54,6 +54,7 @@ from hotline.proto.events import (
     Forked,
     GapFound,
     HandshakeComplete,
+    InitiationAccepted,
     NewEpoch,
     PathDown,
     PathUp,
@@ -75,12 +76,14 @@ from hotline.proto.frames import (
     encode_frame,
 )
 from hotline.proto.framing import TAG_BUNDLE, Reassembler, pack_frames, unbundle_untrusted
+from hotline.proto.guard import Source
 from hotline.proto.heartbeat import PathHealth, make_pong
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.incoming import IncomingStream
 from hotline.proto.lanes import FLASH, IMMEDIATE, LANES
 from hotline.proto.outgoing import AckOutcome, Advanced, Fork, NeedChain, OutgoingStream
 from hotline.proto.packet import (
+    PACKET_COOKIE_REPLY,
     PACKET_INITIATION,
     PACKET_RESPONSE,
     TCP_MAX_PACKET,
@@ -145,11 +148,14 @@ class PathSpec:
 
 
 class Outbound(NamedTuple):
-    """One packet to send: on which path, the bytes, and whether it jumps the queue."""
+    """One packet to send: on which path, the bytes, whether it jumps the queue, and —
+    for a handshake reply — the source it answers (it goes back there, not to the path's
+    usual destination, and gives that source no trust)."""
 
     path_id: int
     packet: bytes
     urgent: bool
+    reply_to: Source | None = None
 
 
 class Link:
@@ -174,7 +180,8 @@ class Link:
             PathHealth(i, p.url, settings.heartbeat, settings.dead_after)
             for i, p in enumerate(self.specs)
         ]
-        self.sessions = SessionManager(our, their, rng, settings.rekey_after)
+        self.sessions = SessionManager(our, their, rng, settings.rekey_after,
+                                       timestamp_floor_ns=resume.handshake_ts or None)
         self.outgoing = tuple(
             OutgoingStream(resume.epoch, lane, acked=Position(o.acked, o.acked_chain),
                            head=o.head, loaded=o.unacked,
@@ -221,13 +228,18 @@ class Link:
             self._events.append(PathDown(path_id, self.specs[path_id].url, "connection closed"))
         self._choose_primary(now)
 
-    def receive_untrusted(self, path_id: int, packet: bytes, now: float) -> Received:
+    def receive_untrusted(self, path_id: int, packet: bytes, now: float,
+                          source: Source | None = None) -> Received:
         """Handle one packet from the network; returns what it proved (``Received``).
+
+        Args:
+            source: where it came from (``guard.source_of`` of the transport's address;
+                for TCP the connection's peer address), for cookies and budgets.
 
         Never raises for bad input: it is counted and reported as a ``Dropped`` event.
         """
         try:
-            return self._receive(path_id, packet, now)
+            return self._receive(path_id, packet, now, source)
         except RemoteProtocolError as err:
             self._events.append(Dropped(path_id, type(err).__name__, str(err)))
             return Received.NOTHING
@@ -332,20 +344,45 @@ class Link:
 
     # --- receive internals --------------------------------------------------------
 
-    def _receive(self, path_id: int, packet: bytes, now: float) -> Received:
+    def _receive(self, path_id: int, packet: bytes, now: float,
+                 source: Source | None) -> Received:
         kind = packet_type_untrusted(packet)
         if kind == PACKET_INITIATION:
-            # No _heard: an initiation proves nothing about a path (it may be a replay).
-            response = self.sessions.on_initiation_untrusted(packet, now)
-            if response is None:
-                return Received.NOTHING
-            self._out.append(Outbound(path_id, response, True))
-            return Received.ANSWERED
+            return self._on_initiation(path_id, packet, now, source)
+        if kind == PACKET_COOKIE_REPLY:
+            retry = self.sessions.on_cookie_reply_untrusted(packet, now, self.wall_ns(now))
+            if retry is not None:
+                self._out.append(Outbound(path_id, retry, True))
+            return Received.NOTHING
         if kind == PACKET_RESPONSE:
             self.sessions.on_response_untrusted(packet, now)
             self._heard(path_id, now)
             self._after_handshake(path_id, now, initiator=True)
-            return Received.AUTHENTICATED
+        else:
+            self._on_transport(path_id, packet, now)
+        if source is not None:
+            self.sessions.on_authenticated_source(path_id, source)
+        return Received.AUTHENTICATED
+
+    def _on_initiation(self, path_id: int, packet: bytes, now: float,
+                       source: Source | None) -> Received:
+        """Screen and answer an initiation. No ``_heard``: an initiation proves nothing
+        about a path (it may be a replay); the replies go back where it came from."""
+        udp = self.specs[path_id].scheme == "udp"
+        outcome = self.sessions.on_initiation_untrusted(packet, now, source,
+                                                        address_proven=not udp)
+        if outcome.cookie_reply is not None:
+            self._out.append(Outbound(path_id, outcome.cookie_reply, True, source))
+            self._events.append(Dropped(path_id, "CookieRequired",
+                                        "under load: answered with a cookie, no DH"))
+            return Received.ANSWERED
+        if outcome.accepted_timestamp_ns is not None:
+            self._events.append(InitiationAccepted(outcome.accepted_timestamp_ns))
+        replies = [p for p in (outcome.own_initiation, outcome.response) if p is not None]
+        self._out.extend(Outbound(path_id, reply, True, source) for reply in replies)
+        return Received.ANSWERED if replies else Received.NOTHING
+
+    def _on_transport(self, path_id: int, packet: bytes, now: float) -> None:
         opened = self.sessions.open_untrusted(packet, now)
         self._heard(path_id, now)
         if opened.confirmed_now:
@@ -362,7 +399,6 @@ class Link:
                 self._on_frame(path_id, frame, now, opened.current)
             except RemoteProtocolError as err:  # one bad frame: drop it, keep the rest
                 self._events.append(Dropped(path_id, type(err).__name__, str(err)))
-        return Received.AUTHENTICATED
 
     def _heard(self, path_id: int, now: float) -> None:
         path = self.paths[path_id]

@@ -5,6 +5,9 @@ used to dispatch incoming packets, and sealing/opening of transport packets::
 
     03 | receiver_index (4, BE) | counter (8, BE) | ChaCha20-Poly1305(payload) + tag (16)
 
+(Types 1 and 2 are the handshake packets of ``handshake.py``, 4 the cookie reply of
+``cookie.py``.)
+
 The counter is explicit and is the AEAD nonce (4 zero bytes ‖ LE64(counter), as Noise
 and WireGuard), so packets survive loss, reordering and duplication across paths; the
 13-byte header is the associated data, so no header bit can be altered unnoticed.
@@ -37,7 +40,9 @@ from hotline.proto.replay import COUNTER_LIMIT, DEFAULT_WINDOW, ReplayWindow
 PACKET_INITIATION = 1
 PACKET_RESPONSE = 2
 PACKET_TRANSPORT = 3
-PACKET_TYPES = frozenset({PACKET_INITIATION, PACKET_RESPONSE, PACKET_TRANSPORT})
+PACKET_COOKIE_REPLY = 4
+PACKET_TYPES = frozenset({PACKET_INITIATION, PACKET_RESPONSE, PACKET_TRANSPORT,
+                          PACKET_COOKIE_REPLY})
 
 TRANSPORT_HEADER_LEN = 13
 AEAD_TAG_LEN = 16
@@ -87,7 +92,7 @@ def packet_type_untrusted(packet: bytes) -> int:
     """The type byte of a packet from the wire.
 
     Returns:
-        PACKET_INITIATION, PACKET_RESPONSE or PACKET_TRANSPORT.
+        PACKET_INITIATION, PACKET_RESPONSE, PACKET_TRANSPORT or PACKET_COOKIE_REPLY.
 
     Raises:
         DecodeError: for an empty packet or an unknown type.
@@ -101,7 +106,7 @@ def packet_type_untrusted(packet: bytes) -> int:
 
 
 def receiver_index_untrusted(packet: bytes) -> int:
-    """The receiver's session index of a response or transport packet (for dispatch).
+    """The receiver's index of a response, transport packet or cookie reply (for dispatch).
 
     Raises:
         DecodeError: for an initiation (it has none), an unknown type, or a packet too

@@ -16,6 +16,14 @@ initiations cross, the end with the lower static key keeps its own
 The initiator of the current session rekeys after ``rekey_after`` seconds (or
 ``REKEY_AFTER_PACKETS``); the responder does so ``_RESPONDER_REKEY_GRACE`` seconds
 later if the initiator has not, so a silent peer cannot keep old keys alive.
+
+Under attack (DESIGN §2b): every initiation passes the ``HandshakeGuard`` before the
+responder spends a DH on it; the guard may answer with a cookie reply instead. As
+initiator we keep the peer's cookie (``CookieJar``) and put mac2 on our initiations
+and responses; a cookie reply to our pending initiation makes us send a fresh one at
+once — once per initiation, so a lost or stale cookie cannot make us loop. The last
+accepted initiation timestamp starts at ``timestamp_floor_ns`` (the daemon persists
+it) and each newly accepted one is reported in ``InitiationOutcome``.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hotline.errors import HandshakeError
+from hotline.proto.cookie import CookieJar
+from hotline.proto.guard import HandshakeGuard, Source
 from hotline.proto.handshake import Initiation, Responder, Session, keeps_own_initiation
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.packet import TransportOpener, TransportSealer, receiver_index_untrusted
@@ -53,6 +63,24 @@ class ActiveSession:
 
 
 @dataclass(frozen=True)
+class InitiationOutcome:
+    """What answering one initiation produced (any field may be None).
+
+    ``response``: our response, for whoever sent the initiation (its source).
+    ``own_initiation``: initiations crossed and ours wins: our own initiation again,
+    for the peer (the path). ``cookie_reply``: we are under load and the initiation
+    lacked a valid mac2; send this to its source only — nothing else happened.
+    ``accepted_timestamp_ns``: the initiation authenticated and its timestamp is the
+    new replay floor (persist it).
+    """
+
+    response: bytes | None = None
+    own_initiation: bytes | None = None
+    cookie_reply: bytes | None = None
+    accepted_timestamp_ns: int | None = None
+
+
+@dataclass(frozen=True)
 class Opened:
     """A transport packet that authenticated: its plaintext, what it changed, and whether
     it came with the current session (acknowledgements count only then, DESIGN §4b)."""
@@ -71,12 +99,17 @@ class SessionManager:
         their: PublicKey,
         rng: Callable[[int], bytes],
         rekey_after: float,
+        *,
+        timestamp_floor_ns: int | None = None,
     ) -> None:
         self._our = our
         self._their = their
         self._rng = rng
         self._rekey_after = rekey_after
-        self._responder = Responder(our, their, rng)
+        self._responder = Responder(our, their, rng, timestamp_floor_ns)
+        self.guard = HandshakeGuard(our.public.x25519(), rng)
+        self._cookies = CookieJar(their.x25519())
+        self._cookie_retried = False
         self._by_index: dict[int, ActiveSession] = {}
         self.pending: tuple[Initiation, int, float] | None = None
         self._pending_packet = b""
@@ -130,45 +163,87 @@ class SessionManager:
 
     def start_initiation(self, now: float, wall_ns: int) -> bytes:
         """Begin (or retry) a handshake as initiator; returns the initiation packet."""
+        self._cookie_retried = False
+        return self._initiate(now, wall_ns)
+
+    def _initiate(self, now: float, wall_ns: int) -> bytes:
         index = self._new_index()
         # Strictly increasing even if the wall clock steps back (DESIGN §2).
         self._last_timestamp_ns = max(wall_ns, self._last_timestamp_ns + 1)
         initiation, packet = Initiation.start(
-            self._our, self._their, index, self._last_timestamp_ns, now, self._rng
+            self._our, self._their, index, self._last_timestamp_ns, now, self._rng,
+            self._cookies.cookie(now),
         )
         self.pending = (initiation, index, now)
         self._pending_packet, self._pending_resent = packet, False
         return packet
 
-    def on_initiation_untrusted(self, packet: bytes, now: float) -> bytes | None:
-        """Answer a peer's initiation. Returns the packet to send back, or None.
+    def on_initiation_untrusted(self, packet: bytes, now: float, source: Source | None, *,
+                                address_proven: bool) -> InitiationOutcome:
+        """Screen and answer a peer's initiation.
 
-        Normally that is our response. When initiations cross and ours wins, it is None,
-        or — once per initiation of ours — our own initiation again.
+        The guard screens it first (no DH yet): it may be dropped (raises) or answered
+        with a cookie reply. Otherwise it normally gets our response; when initiations
+        cross and ours wins, nothing, or — once per initiation of ours — our own
+        initiation is sent again.
 
         The initiation is authenticated in full before the crossing rule is applied, so
         nothing unauthenticated ever changes our state or counts as hearing the peer.
 
+        Args:
+            source: where it came from (for cookies and per-source budgets).
+            address_proven: the transport proved ``source`` (TCP); False for UDP.
+
         Raises:
-            RemoteProtocolError: the initiation is malformed, forged, replayed or rate limited.
+            RemoteProtocolError: malformed, forged, a repeat or replay, or over budget.
         """
+        cookie_reply = self.guard.screen_initiation_untrusted(packet, source, address_proven,
+                                                              now)
+        if cookie_reply is not None:
+            return InitiationOutcome(cookie_reply=cookie_reply)
         index = self._new_index()
-        session, response = self._responder.consume_initiation_untrusted(packet, index, now)
-        if (
-            self.pending is not None
-            and keeps_own_initiation(self._our.public, self._their)
-            and now - self.pending[2] < REKEY_TIMEOUT
-        ):
-            if self._pending_resent:
-                return None
+        session, response = self._responder.consume_initiation_untrusted(
+            packet, index, now, self._cookies.cookie(now)
+        )
+        accepted = self._responder.last_timestamp_ns
+        if self._ours_wins_crossing(now):
+            own = None if self._pending_resent else self._pending_packet
             self._pending_resent = True
-            return self._pending_packet
+            return InitiationOutcome(own_initiation=own, accepted_timestamp_ns=accepted)
         self.pending = None
         if self.unconfirmed is not None:
             self._by_index.pop(self.unconfirmed.session.our_index, None)
         self.unconfirmed = ActiveSession(session)
         self._by_index[index] = self.unconfirmed
-        return response
+        return InitiationOutcome(response=response, accepted_timestamp_ns=accepted)
+
+    def _ours_wins_crossing(self, now: float) -> bool:
+        return (self.pending is not None
+                and keeps_own_initiation(self._our.public, self._their)
+                and now - self.pending[2] < REKEY_TIMEOUT)
+
+    def on_cookie_reply_untrusted(self, packet: bytes, now: float, wall_ns: int) -> bytes | None:
+        """Keep the cookie the peer sent for our pending initiation.
+
+        Returns:
+            A fresh initiation carrying the cookie, to send at once on the path the
+            reply came from — or None if this initiation was already such a retry
+            (the next one waits for ``REKEY_TIMEOUT`` as usual).
+
+        Raises:
+            RemoteProtocolError: not a cookie reply to our pending initiation.
+        """
+        if self.pending is None or receiver_index_untrusted(packet) != self.pending[1]:
+            raise HandshakeError("cookie reply to no pending initiation of ours")
+        self._cookies.consume_reply_untrusted(packet, self.pending[0].mac1, now)
+        if self._cookie_retried:
+            return None
+        self._cookie_retried = True
+        return self._initiate(now, wall_ns)
+
+    def on_authenticated_source(self, path_id: int, source: Source) -> None:
+        """A response or transport packet from ``source`` authenticated (see the guard)."""
+        self.guard.on_authenticated_source(path_id, source)
 
     def on_response_untrusted(self, packet: bytes, now: float) -> None:
         """Complete our initiation with the peer's response; the new session becomes current.

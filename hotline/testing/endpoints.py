@@ -22,16 +22,25 @@ from pathlib import Path
 
 from hotline.errors import HotlineError
 from hotline.proto.endpoint import Endpoint, EndpointSettings
+from hotline.proto.envelope import ZERO_HASH
 from hotline.proto.identity import Identity, PublicKey
+from hotline.proto.lanes import LANES
 from hotline.proto.link import LinkSettings, Outbound, PathSpec, Received
 from hotline.proto.notices import Notice
-from hotline.proto.records import Commit, StoreJob
+from hotline.proto.records import Commit, InLane, OutLane, Resume, StoreJob
 from hotline.proto.requests import EndpointRequest, Outcome
 from hotline.store import Store
 
 WALL0 = 1_750_000_000 * 10**9
 RESUME_WINDOW = 2048
 PATHS = (PathSpec("tcp://peer:1", "tcp"), PathSpec("udp://peer:1", "udp"))
+
+
+def fresh_resume(epoch: bytes, handshake_ts: int = 0) -> Resume:
+    """What a new, empty store resumes with (to build a bare ``Link`` in a test)."""
+    out = tuple(OutLane(0, ZERO_HASH, 0, ZERO_HASH, ()) for _ in LANES)
+    ins = tuple(InLane(0, ZERO_HASH) for _ in LANES)
+    return Resume(epoch, out, None, ins, frozenset(), handshake_ts)
 
 
 def seeded_rng(seed: int | float) -> Callable[[int], bytes]:

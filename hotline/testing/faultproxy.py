@@ -61,6 +61,8 @@ from typing import Any
 
 import trio
 
+from hotline.testing.process import read_line, terminate
+
 Address = tuple[Any, ...]
 MAX_FRAME = 1 << 24  # a frame_aware stream claiming more is passed through raw
 RECEIVE_SIZE = 65536
@@ -692,15 +694,11 @@ class FaultProxyProcess:
         self.addresses: dict[str, str] = info["proxies"]
 
     def _readline(self, timeout: float) -> str:
-        import selectors
-
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.process.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout):
-                self.close()
-                raise TimeoutError("fault proxy did not start")
-        line = self.process.stdout.readline()
+        try:
+            line = read_line(self.process, timeout)
+        except TimeoutError:
+            self.close()
+            raise TimeoutError("fault proxy did not start") from None
         if not line:
             self.close()
             raise RuntimeError("fault proxy exited before it was ready")
@@ -720,15 +718,7 @@ class FaultProxyProcess:
 
     def close(self) -> None:
         """Stop the subprocess (SIGTERM, then kill after 5 s)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        terminate(self.process)
 
     def __enter__(self) -> FaultProxyProcess:
         return self

@@ -40,6 +40,7 @@ from hotline.errors import (
 )
 from hotline.proto import control, frames
 from hotline.proto import envelope as ev
+from hotline.proto.cookie import CookieChecker, CookieJar, check_cookie_reply_untrusted
 from hotline.proto.framing import (
     Reassembler,
     TcpFrameDecoder,
@@ -48,6 +49,7 @@ from hotline.proto.framing import (
     split_frame,
     unbundle_untrusted,
 )
+from hotline.proto.guard import HandshakeGuard
 from hotline.proto.handshake import Initiation, Responder
 from hotline.proto.identity import Identity
 from hotline.proto.lanes import FLASH, LANES, ROUTINE
@@ -68,6 +70,7 @@ from hotline.proto.requests import (
     StatusRequest,
     WaitRequest,
 )
+from hotline.testing.flood import forged_initiation
 
 KEY = bytes(range(32))
 MAX_MESSAGE = 65536
@@ -103,6 +106,28 @@ def _reassembler() -> Callable[[bytes], Any]:
 
 _TRANSPORT = seal_transport(KEY, 7, 3, b"hello world")
 _FRAGMENTS = tuple(split_frame(bytes(range(200)), 9 + 64, 9))
+_RESPONDER = Identity.from_seed(bytes(range(32))).public
+_MAC1 = bytes(range(16))
+
+
+def _forged_initiation() -> bytes:
+    return forged_initiation(_RESPONDER, 7, lambda n: bytes(n))
+
+
+def _cookie_reply() -> bytes:
+    packet = bytes(69) + _MAC1 + bytes(16)  # only its mac1 matters to the reply
+    return CookieChecker(_RESPONDER.x25519(), lambda n: bytes(n)).make_reply(packet, 7, b"", 0.0)
+
+
+def _guard() -> Callable[[bytes], Any]:
+    guard = HandshakeGuard(_RESPONDER.x25519(), lambda n: bytes(n))
+    return lambda data: guard.screen_initiation_untrusted(data, ("127.0.0.2", 1), False, 0.0)
+
+
+def _cookie_jar() -> Callable[[bytes], Any]:
+    jar = CookieJar(_RESPONDER.x25519())
+    return lambda data: jar.consume_reply_untrusted(data, _MAC1, 0.0)
+
 
 OURS = [
     Decoder("packet_type", _stateless(packet_type_untrusted), (DecodeError,), (_TRANSPORT,)),
@@ -130,6 +155,15 @@ OURS = [
         (DecodeError, LimitError),
         (b"\x00abc", *_FRAGMENTS),
     ),
+    Decoder(
+        "guard.screen_initiation",
+        _guard,
+        (DecodeError, LimitError, AuthenticationError, ReplayError, HandshakeError),
+        (_forged_initiation(),),
+    ),
+    Decoder("cookie_jar", _cookie_jar, (DecodeError, AuthenticationError), (_cookie_reply(),)),
+    Decoder("cookie_reply", _stateless(check_cookie_reply_untrusted), (DecodeError,),
+            (_cookie_reply(),)),
 ]
 
 

@@ -18,7 +18,7 @@ from hotline.testing.endpoints import Node, NodePair
 def _initiation(node: Node, now: float) -> tuple[int, bytes]:
     link = node.endpoint.link
     link.handle_timer(now)
-    [(path_id, packet, _urgent)] = link.packets_to_send(now)
+    [(path_id, packet, _urgent, _to)] = link.packets_to_send(now)
     assert packet[0] == PACKET_INITIATION
     return path_id, packet
 
@@ -32,14 +32,14 @@ def test_an_initiation_is_answered_but_proves_nothing_until_the_handshake_comple
     assert b.receive_untrusted(path_id, initiation, now) is Received.ANSWERED
     assert not b.paths[path_id].connected  # an initiation is not hearing the peer
     assert not b.paths[path_id].up
-    [(reply_path, response, _)] = b.packets_to_send(now)
+    [(reply_path, response, _, _)] = b.packets_to_send(now)
     assert (reply_path, response[0]) == (path_id, PACKET_RESPONSE)
     assert b.receive_untrusted(path_id, initiation, now) is Received.NOTHING  # replayed
 
     assert a.receive_untrusted(path_id, response, now) is Received.AUTHENTICATED
     confirmation = a.packets_to_send(now)
-    assert {packet[0] for _, packet, _ in confirmation} == {PACKET_TRANSPORT}
-    verdicts = {b.receive_untrusted(p, packet, now) for p, packet, _ in confirmation}
+    assert {packet[0] for _, packet, _, _ in confirmation} == {PACKET_TRANSPORT}
+    verdicts = {b.receive_untrusted(p, packet, now) for p, packet, _, _ in confirmation}
     assert verdicts == {Received.AUTHENTICATED}
     assert b.paths[path_id].up
 
@@ -66,8 +66,8 @@ def test_crossing_initiations_the_keeper_answers_with_its_own_initiation(
     keeper_link, other_link = keeper.endpoint.link, other.endpoint.link
     path_id, theirs = initiations[other.name]
     assert keeper_link.receive_untrusted(path_id, theirs, now) is Received.ANSWERED
-    [(reply_path, reply, _)] = keeper_link.packets_to_send(now)
+    [(reply_path, reply, _, _)] = keeper_link.packets_to_send(now)
     assert (reply_path, reply) == initiations[keeper.name]  # back where theirs came from
     assert other_link.receive_untrusted(path_id, reply, now) is Received.ANSWERED
-    [(_, response, _)] = other_link.packets_to_send(now)
+    [(_, response, _, _)] = other_link.packets_to_send(now)
     assert keeper_link.receive_untrusted(path_id, response, now) is Received.AUTHENTICATED

@@ -163,7 +163,8 @@ def test_packet_type():
     assert packet_type_untrusted(b"\x01") == 1
     assert packet_type_untrusted(b"\x02rest") == 2
     assert packet_type_untrusted(seal_transport(KEY, 0, 0, b"")) == 3
-    for bad in (b"", b"\x00", b"\x04", b"\xff"):
+    assert packet_type_untrusted(b"\x04cookie") == 4
+    for bad in (b"", b"\x00", b"\x05", b"\xff"):
         with pytest.raises(DecodeError):
             packet_type_untrusted(bad)
 
