@@ -82,6 +82,7 @@ class Ledger:
     """What clients were told, kept outside the nodes so it survives their crashes."""
 
     stored: dict[bytes, tuple[bytes, int, int]] = field(default_factory=dict)  # body -> id
+    stored_at: dict[bytes, float] = field(default_factory=dict)
     # bodies the receiver may lack: acknowledged to a store of it that was then lost
     excused: set[bytes] = field(default_factory=set)
     forked: bool = False  # a sender's store went back in time: re-sent copies are allowed
@@ -115,7 +116,7 @@ class Sim:
         self.crash_at: dict[str, str | None] = {"a": None, "b": None}
         self.crashes = {"a": 0, "b": 0}
         self._waiting: dict[str, list[tuple[int, tuple[bytes, ...], int]]] = {"a": [], "b": []}
-        self._backups: dict[str, list[Path]] = {"a": [], "b": []}
+        self._backups: dict[str, list[tuple[Path, float]]] = {"a": [], "b": []}
         self._full_until = {"a": 0.0, "b": 0.0}
         self.hostile_frames = 0
         self.actions = self._schedule()
@@ -246,15 +247,18 @@ class Sim:
             self.crash_at[side] = self.rng.choice(CRASH_POINTS)
         elif action == "wipe":
             self._lost_receiver_store(side)
+            self._lost_sender_store(side, since=-1.0)
             self.nodes[side].wipe(self.now)
         elif action == "backup":
             backup = self.base / f"backup-{side}-{len(self._backups[side])}"
             self.nodes[side].copy_store(backup)
-            self._backups[side].append(backup)
+            self._backups[side].append((backup, self.now))
         elif action == "restore":
+            backup, taken_at = self._backups[side].pop(0)
             self._lost_receiver_store(side)
+            self._lost_sender_store(side, since=taken_at)
             self.ledgers[side].forked = True
-            self.nodes[side].restore(self._backups[side].pop(0), self.now)
+            self.nodes[side].restore(backup, self.now)
         elif action == "diskfull":
             self._full_until[side] = self.now + self.rng.uniform(0.1, 3.0)
         elif action == "hostile":
@@ -288,6 +292,7 @@ class Sim:
                 epoch = node.endpoint.link.epoch
                 for body, (id_lane, seq) in zip(bodies, outcome.ids, strict=True):
                     ledger.stored[body] = (epoch, id_lane, seq)
+                    ledger.stored_at[body] = self.now
         self._waiting[side] = still
 
     def _crash(self, side: str) -> None:
@@ -305,6 +310,13 @@ class Sim:
         self.ledgers[sender].excused.update(
             decode_envelope_untrusted(e.raw, len(e.raw)).body
             for e in store.inbox_after(0, 10**9))
+
+    def _lost_sender_store(self, side: str, since: float) -> None:
+        """``side`` loses its outbox as of ``since`` (a wipe: everything; a restore:
+        what it stored after the backup). Those messages arrive only if they already
+        had; everything older it still holds, and must still deliver."""
+        ledger = self.ledgers[side]
+        ledger.excused.update(b for b, at in ledger.stored_at.items() if at > since)
 
     def hostile(self, side: str) -> None:
         """``side`` turns hostile for a moment: frames sealed with its real session keys."""
