@@ -5,14 +5,21 @@ Each command lives in its own module under ``hotline/commands/`` with a
 runs. That keeps client commands (``send``, ``inbox``, ``status``) fast: they never
 import trio or cryptography. Every ``UserError`` becomes one line on stderr and its
 exit code (DESIGN §6); nothing an operator can cause prints a traceback.
+
+Start-up cost is part of the contract (``send`` and ``status`` within 3x a bare
+``python -c pass``), so parsing does as little as it can: when the command line names
+a command, the parser is built for that command alone (all of them only for
+``hotline --help`` or a word that is no command), and help is laid out for the
+terminal without argparse's per-formatter ``import shutil``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hotline.errors import HotlineError, UsageError
 
@@ -26,7 +33,32 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _add_link_options(p: argparse.ArgumentParser) -> None:
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, with the width read without importing ``shutil``.
+
+    argparse makes a formatter for every ``add_argument`` (to check the metavar), and
+    each one imports ``shutil`` for the terminal width: ~2 ms of a client command.
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    """``$COLUMNS``, else the width of stdout's terminal, else 80 (as shutil does)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+def _link_options(p: argparse.ArgumentParser) -> None:
     """``-c FILE`` or ``-i LINK``; with neither, the only config in /etc/hotline/."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("-c", "--config", metavar="FILE", help="config file of the link")
@@ -35,29 +67,23 @@ def _add_link_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``hotline`` argument parser (DESIGN §6 contract)."""
-    parser = _Parser(prog="hotline", description="A secure, always-on line between two ends.")
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    p = sub.add_parser("keygen", help="make an Ed25519 identity (OpenSSH format)")
+def _keygen(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="private key file to write; the public line goes to PATH.pub")
     p.add_argument("--comment", default=None, help="comment for the .pub line")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
 
-    p = sub.add_parser("pubkey", help="print the .pub line and fingerprint of a key")
+
+def _pubkey(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="private key or .pub file")
 
-    p = sub.add_parser("run", help="run the daemon in the foreground")
-    _add_link_options(p)
+
+def _run(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
     p.add_argument("--log-format", choices=["text", "json"], default="text")
 
-    p = sub.add_parser("check", help="validate config, keys and permissions")
-    _add_link_options(p)
 
-    p = sub.add_parser("send", help="send a message (TEXT or stdin)")
-    _add_link_options(p)
+def _send(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
     p.add_argument("--wait", action="store_true", help="return only once acknowledged")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="with --wait: give up after S seconds (exit 75)")
@@ -66,39 +92,86 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", default="text/plain", help="media type (default text/plain)")
     p.add_argument("text", nargs="?", default=None, help="message text (default: stdin)")
 
-    p = sub.add_parser("inbox", help="print received messages")
-    _add_link_options(p)
+
+def _inbox(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
     p.add_argument("--since", type=int, default=0, metavar="SEQ", help="only seqs above SEQ")
     p.add_argument("--follow", action="store_true", help="keep printing new messages")
     p.add_argument("--json", action="store_true", help="one JSON object per message")
 
-    p = sub.add_parser("status", help="show the link's state")
-    _add_link_options(p)
+
+def _status(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object")
 
-    p = sub.add_parser("verify", help="re-check every stored signature, chain link, receipt")
-    _add_link_options(p)
 
-    p = sub.add_parser("export", help="write a message and its SSH signature to DIR")
-    _add_link_options(p)
+def _export(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
     p.add_argument("seq", type=int, help="sequence number of a message")
     p.add_argument("dir", help="directory to write msg and msg.sig into")
     p.add_argument("--direction", choices=["in", "out"], default="in",
                    help="received (in, default) or sent (out) message")
 
-    p = sub.add_parser("demo", help="two daemons on loopback: messages, failover, logs")
+
+def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
-    p = sub.add_parser("bench", help="measure handshake, RTT, acked msgs/s, failover")
+
+def _bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--messages", type=int, default=5000, help="messages for the rate test")
     p.add_argument("--json", action="store_true", help="one JSON object")
+
+
+# command -> (one-line help, adds its arguments); the order is the order of --help.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "keygen": ("make an Ed25519 identity (OpenSSH format)", _keygen),
+    "pubkey": ("print the .pub line and fingerprint of a key", _pubkey),
+    "run": ("run the daemon in the foreground", _run),
+    "check": ("validate config, keys and permissions", _link_options),
+    "send": ("send a message (TEXT or stdin)", _send),
+    "inbox": ("print received messages", _inbox),
+    "status": ("show the link's state", _status),
+    "verify": ("re-check every stored signature, chain link, receipt", _link_options),
+    "export": ("write a message and its SSH signature to DIR", _export),
+    "demo": ("two daemons on loopback: messages, failover, logs", _demo),
+    "bench": ("measure handshake, RTT, acked msgs/s, failover", _bench),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``hotline`` argument parser (DESIGN §6 contract).
+
+    Args:
+        only: if it names a command, the parser knows only that command (it parses
+            any command line that runs ``only`` as the full parser does); None for all.
+    """
+    parser = _Parser(prog="hotline", description="A secure, always-on line between two ends.",
+                     formatter_class=_Formatter)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS if only is None else [only]:
+        help_text, add_arguments = COMMANDS[name]
+        add_arguments(sub.add_parser(name, help=help_text, formatter_class=_Formatter))
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command an argv runs: its first word not an option (None if help comes first)."""
+    for word in argv:
+        if word in ("-h", "--help"):
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hotline`` console script. Returns the exit code."""
+    if argv is None:
+        argv = sys.argv[1:]
     try:
-        args = build_parser().parse_args(argv)
+        command = _command_of(argv)
+        args = build_parser(command if command in COMMANDS else None).parse_args(argv)
         if args.version:
             from hotline import __version__
 
