@@ -10,8 +10,9 @@
 # after that. The queue holds the packets offered but not yet fully serialised, the
 # one on the wire included; a packet offered while ``queue`` packets are held is
 # dropped (tail drop), so drops follow from queueing delay exactly as at a router
-# whose buffer is ``queue`` packets deep. The fault proxy's ``rate``/``queue`` faults
-# (faultproxy.py) implement the same model with real time and real sockets.
+# whose buffer is ``queue`` packets deep. ``SerialQueue`` is the serialiser and FIFO
+# alone; the fault proxy's ``rate``/``queue`` faults (faultproxy.py) run it in real
+# time between real sockets, so both follow one model.
 """A hand-driven bottleneck link model: rate, FIFO queue with tail drop, delay."""
 
 from __future__ import annotations
@@ -33,6 +34,46 @@ class BottleneckStats:
     bytes_delivered: int = 0
 
 
+class SerialQueue:
+    """A link's serialiser and the FIFO in front of it: when each packet is fully sent.
+
+    Holds no limit itself: the caller looks at ``held``/``held_bytes`` and decides
+    whether to drop (a router) or to wait (a TCP reader).
+    """
+
+    def __init__(self) -> None:
+        self._busy_until = float("-inf")  # when the last admitted packet is serialised
+        self._held: deque[tuple[float, int]] = deque()  # (serialised at, size), in order
+        self._held_bytes = 0
+
+    def held(self, now: float) -> int:
+        """Packets waiting or on the wire at ``now``."""
+        self._expire(now)
+        return len(self._held)
+
+    def held_bytes(self, now: float) -> int:
+        """Bytes waiting or on the wire at ``now``."""
+        self._expire(now)
+        return self._held_bytes
+
+    def next_departure(self) -> float | None:
+        """When the oldest packet held is fully serialised (None if none is held)."""
+        return self._held[0][0] if self._held else None
+
+    def admit(self, size: int, now: float, rate: float) -> float:
+        """Queue ``size`` bytes behind what is held; returns when they are fully sent
+        at ``rate`` bits/s. ``now`` must not go back in time between calls."""
+        done = max(now, self._busy_until) + size * 8 / rate
+        self._busy_until = done
+        self._held.append((done, size))
+        self._held_bytes += size
+        return done
+
+    def _expire(self, now: float) -> None:
+        while self._held and self._held[0][0] <= now:
+            self._held_bytes -= self._held.popleft()[1]
+
+
 class Bottleneck(Generic[T]):
     """One direction of a link: ``offer`` packets, ``receive`` what has arrived.
 
@@ -49,15 +90,12 @@ class Bottleneck(Generic[T]):
         self.delay = delay
         self.queue = queue
         self.stats = BottleneckStats()
-        self._busy_until = 0.0  # when the last accepted packet is fully serialised
-        self._serialised_at: deque[float] = deque()  # of the packets held, in order
+        self._serialiser = SerialQueue()
         self._in_transit: deque[tuple[float, T, int]] = deque()  # (arrival, packet, size)
 
     def held(self, now: float) -> int:
         """Packets waiting or on the wire at ``now``."""
-        while self._serialised_at and self._serialised_at[0] <= now:
-            self._serialised_at.popleft()
-        return len(self._serialised_at)
+        return self._serialiser.held(now)
 
     def offer(self, packet: T, size: int, now: float) -> bool:
         """Put ``packet`` of ``size`` bytes on the link at ``now``; False if tail-dropped.
@@ -68,9 +106,7 @@ class Bottleneck(Generic[T]):
         if self.held(now) >= self.queue:
             self.stats.dropped += 1
             return False
-        done = max(now, self._busy_until) + size * 8 / self.rate
-        self._busy_until = done
-        self._serialised_at.append(done)
+        done = self._serialiser.admit(size, now, self.rate)
         self._in_transit.append((done + self.delay, packet, size))
         return True
 
