@@ -5,29 +5,38 @@ Each command lives in its own module under ``hotline/commands/`` with a
 runs. That keeps client commands (``send``, ``inbox``, ``status``) fast: they never
 import trio or cryptography. Every ``UserError`` becomes one line on stderr and its
 exit code (DESIGN §6); nothing an operator can cause prints a traceback.
+
+Start-up cost is part of the contract (``send`` and ``status`` within 3x a bare
+``python -c pass``), so parsing does as little as it can: when the command line names
+a command, the parser is built for that command alone (all of them only for
+``hotline --help`` or a word that is no command), and help is laid out for the
+terminal without argparse's per-formatter ``import shutil``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hotline.errors import HotlineError, UsageError
 
 EX_USAGE = 2
 
 INBOX_TEXT_HELP = (
-    "Print received messages: '#SEQ DATE TIME [TYPE] first line of the body'. The peer "
-    "never writes to your terminal: control and format characters and invalid UTF-8 are "
-    "shown escaped (\\x1b, \\u202e, \\xff; a backslash as \\\\); each further line of a "
-    "body starts with two spaces and '| ', and on a terminal a line too long for it is "
-    "cut and goes on in a line that starts with two spaces and '+ '. Message headers "
-    "never start with a space. --json and --raw give the exact text or bytes."
+    "Print received messages: '#ID [PRECEDENCE] DATE TIME [TYPE] first line of the body' "
+    "(ID as Z17, O4, P9 or a bare routine seq). The peer never writes to your terminal: "
+    "control and format characters and invalid UTF-8 are shown escaped (\\x1b, \\u202e, "
+    "\\xff; a backslash as \\\\); each further line of a body starts with two spaces and "
+    "'| ', and on a terminal a line too long for it is cut and goes on in a line that "
+    "starts with two spaces and '+ '. Message headers never start with a space; a line "
+    "'-- peer epoch HEX --' comes first and whenever the peer's epoch changes. --json and "
+    "--raw give the exact text or bytes."
 )
 INBOX_RAW_HELP = (
-    "exact bytes for scripts: per message a line 'SEQ TS_NS LENGTH TYPE', then exactly "
+    "exact bytes for scripts: per message a line 'ID TS_NS LENGTH TYPE', then exactly "
     "LENGTH body bytes, then a newline (read the line, read LENGTH bytes, skip one byte)"
 )
 
@@ -39,13 +48,29 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _add_link_options(p: argparse.ArgumentParser) -> None:
-    """``-c FILE`` or ``-i LINK``; with neither, the only config in /etc/hotline/."""
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("-c", "--config", metavar="FILE", help="config file of the link")
-    g.add_argument(
-        "-i", "--link", metavar="LINK", help="link name, meaning /etc/hotline/LINK.toml"
-    )
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, with the width read without importing ``shutil``.
+
+    argparse makes a formatter for every ``add_argument`` (to check the metavar), and
+    each one imports ``shutil`` for the terminal width: ~2 ms of a client command.
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    """``$COLUMNS``, else the width of stdout's terminal, else 80 (as shutil does)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
 
 def _lane(text: str) -> int:
@@ -72,29 +97,32 @@ def _send_id(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``hotline`` argument parser (DESIGN §6 contract)."""
-    parser = _Parser(prog="hotline", description="A secure, always-on line between two ends.")
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def _link_options(p: argparse.ArgumentParser) -> None:
+    """``-c FILE`` or ``-i LINK``; with neither, the only config in /etc/hotline/."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-c", "--config", metavar="FILE", help="config file of the link")
+    g.add_argument(
+        "-i", "--link", metavar="LINK", help="link name, meaning /etc/hotline/LINK.toml"
+    )
 
-    p = sub.add_parser("keygen", help="make an Ed25519 identity (OpenSSH format)")
+
+def _keygen(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="private key file to write; the public line goes to PATH.pub")
     p.add_argument("--comment", default=None, help="comment for the .pub line")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
 
-    p = sub.add_parser("pubkey", help="print the .pub line and fingerprint of a key")
+
+def _pubkey(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="private key or .pub file")
 
-    p = sub.add_parser("run", help="run the daemon in the foreground")
-    _add_link_options(p)
+
+def _run(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
     p.add_argument("--log-format", choices=["text", "json"], default="text")
 
-    p = sub.add_parser("check", help="validate config, keys and permissions")
-    _add_link_options(p)
 
-    p = sub.add_parser("send", help="send a message (TEXT or stdin)")
-    _add_link_options(p)
+def _send(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
     p.add_argument("-p", "--precedence", type=_lane, default=3, metavar="P",
                    help="flash, immediate, priority or routine (Z, O, P, R; default routine)")
     p.add_argument("--wait", action="store_true",
@@ -111,8 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", default="text/plain", help="media type (default text/plain)")
     p.add_argument("text", nargs="?", default=None, help="message text (default: stdin)")
 
-    p = sub.add_parser("inbox", help="print received messages", description=INBOX_TEXT_HELP)
-    _add_link_options(p)
+
+def _inbox(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
+    p.description = INBOX_TEXT_HELP
     p.add_argument("--since", type=_message_id, default=None, metavar="ID",
                    help="only messages received after message ID (Z17, O4, P9, 1234)")
     p.add_argument("--follow", action="store_true", help="keep printing new messages")
@@ -122,21 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--json", action="store_true", help="one JSON object per message")
     form.add_argument("--raw", action="store_true", help=INBOX_RAW_HELP)
 
-    p = sub.add_parser("status", help="show the link's state")
-    _add_link_options(p)
-    p.add_argument("--json", action="store_true", help="one JSON object")
 
-    p = sub.add_parser("verify", help="re-check every stored signature, chain link, receipt")
-    _add_link_options(p)
-
-    p = sub.add_parser("ack", help="acknowledge received messages as their operator")
-    _add_link_options(p)
+def _ack(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
     p.add_argument("ids", nargs="+", type=_message_id, metavar="ID",
                    help="message ids (Z17, O4, P9, 1234)")
     p.add_argument("--comment", default="", help="a comment signed with the acknowledgement")
 
-    p = sub.add_parser("export", help="write a message and its SSH signature to DIR")
-    _add_link_options(p)
+
+def _status(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def _export(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
     p.add_argument("id", type=_message_id, metavar="ID", help="message id (Z17, O4, P9, 1234)")
     p.add_argument("dir", help="directory to write msg, msg.sig and allowed_signers into "
                    "(created 0700 if missing); exit 77 if it is a symlink, not ours, "
@@ -145,19 +175,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", choices=["in", "out"], default="in",
                    help="received (in, default) or sent (out) message")
 
-    p = sub.add_parser("demo", help="two daemons on loopback: messages, failover, logs")
+
+def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
-    p = sub.add_parser("bench", help="measure handshake, RTT, acked msgs/s, failover")
+
+def _bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--messages", type=int, default=5000, help="messages for the rate test")
     p.add_argument("--json", action="store_true", help="one JSON object")
+
+
+# command -> (one-line help, adds its arguments); the order is the order of --help.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "keygen": ("make an Ed25519 identity (OpenSSH format)", _keygen),
+    "pubkey": ("print the .pub line and fingerprint of a key", _pubkey),
+    "run": ("run the daemon in the foreground", _run),
+    "check": ("validate config, keys and permissions", _link_options),
+    "send": ("send a message (TEXT or stdin)", _send),
+    "inbox": ("print received messages", _inbox),
+    "ack": ("acknowledge received messages as their operator", _ack),
+    "status": ("show the link's state", _status),
+    "verify": ("re-check every stored signature, chain link, receipt", _link_options),
+    "export": ("write a message and its SSH signature to DIR", _export),
+    "demo": ("two daemons on loopback: messages, failover, logs", _demo),
+    "bench": ("measure handshake, RTT, acked msgs/s, failover", _bench),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``hotline`` argument parser (DESIGN §6 contract).
+
+    Args:
+        only: if it names a command, the parser knows only that command (it parses
+            any command line that runs ``only`` as the full parser does); None for all.
+    """
+    parser = _Parser(prog="hotline", description="A secure, always-on line between two ends.",
+                     formatter_class=_Formatter)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS if only is None else [only]:
+        help_text, add_arguments = COMMANDS[name]
+        add_arguments(sub.add_parser(name, help=help_text, formatter_class=_Formatter))
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command an argv runs: its first word not an option (None if help comes first)."""
+    for word in argv:
+        if word in ("-h", "--help"):
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hotline`` console script. Returns the exit code."""
+    if argv is None:
+        argv = sys.argv[1:]
     try:
-        args = build_parser().parse_args(argv)
+        command = _command_of(argv)
+        args = build_parser(command if command in COMMANDS else None).parse_args(argv)
         if args.version:
             from hotline import __version__
 

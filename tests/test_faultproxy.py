@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import time
@@ -15,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hotline.testing.faultproxy import (
+    TCP_QUEUE_PACKET,
     FaultProxyProcess,
     Faults,
     TcpFaultProxy,
@@ -119,6 +121,70 @@ async def test_udp_replies_come_back_from_the_proxy_and_blackhole_swallows():
                 data, _ = await target.recvfrom(2048)
             assert data == b"again"  # nothing of the black-holed traffic arrived before it
             nursery.cancel_scope.cancel()
+
+
+async def send_through_udp(proxy: UdpFaultProxy, datagrams: list[bytes], *,
+                           burst: bool) -> tuple[float, float, list[bytes]]:
+    """Send ``datagrams`` client -> target through ``proxy``. Returns when the first
+    was sent, by when the proxy had read them all (observed), and what arrived."""
+    target = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with target, client:
+        await target.bind(LOCAL)
+        await client.bind(LOCAL)
+        proxy.target = target.getsockname()
+        received: list[bytes] = []
+
+        async def collect() -> None:
+            while True:
+                received.append((await target.recvfrom(4096))[0])
+
+        async with trio.open_nursery() as nursery:
+            addr = await nursery.start(proxy.run)
+            nursery.start_soon(collect)
+            up = proxy.stats.up
+            start = trio.current_time()
+            for i, datagram in enumerate(datagrams):
+                await client.sendto(datagram, addr)
+                if not burst and i % 25 == 24:  # never overrun loopback socket buffers
+                    await wait_until(lambda n=i + 1: up.units_in == n)
+            with trio.fail_after(10):
+                while up.units_in < len(datagrams):  # noqa: ASYNC110 (a counter)
+                    await trio.sleep(0.001)
+            all_in = trio.current_time()
+            with trio.fail_after(10):
+                while len(received) < len(datagrams) - up.queue_dropped:  # noqa: ASYNC110
+                    await trio.sleep(0.005)
+            nursery.cancel_scope.cancel()
+    return start, all_in, received
+
+
+async def test_udp_rate_limit_serialises_datagrams_at_the_rate():
+    rate = 2_000_000  # bits/s
+    datagrams = [b"%04d" % i + bytes(996) for i in range(100)]  # 100 kB: 0.4 s at 2 Mbit/s
+    proxy = UdpFaultProxy("udp", LOCAL, LOCAL, faults=Faults(rate=rate, queue=1000))
+    start, _, received = await send_through_udp(proxy, datagrams, burst=False)
+    elapsed = trio.current_time() - start
+    assert received == datagrams  # none dropped, in order (one FIFO, no jitter)
+    assert proxy.stats.up.queue_dropped == 0
+    # Each datagram leaves after the ones before it are serialised: goodput <= rate.
+    assert elapsed >= 0.999 * len(datagrams) * 1000 * 8 / rate
+
+
+async def test_udp_full_queue_tail_drops_are_counted():
+    rate, size, queue = 200_000, 500, 5  # 20 ms to serialise each datagram
+    datagrams = [b"%04d" % i + bytes(size - 4) for i in range(40)]
+    proxy = UdpFaultProxy("udp", LOCAL, LOCAL, faults=Faults(rate=rate, queue=queue))
+    start, all_in, received = await send_through_udp(proxy, datagrams, burst=True)
+    up = proxy.stats.up
+    assert len(received) + up.queue_dropped == len(datagrams)
+    assert received == sorted(received)
+    # Admitted: the queue's worth, plus one per serialisation time the burst took to
+    # come in (measured, so a slow machine only loosens the bound).
+    admitted_at_most = queue + 1 + math.ceil((all_in - start) * rate / (size * 8))
+    assert up.queue_dropped >= len(datagrams) - admitted_at_most
+    assert up.queue_dropped > 0
+    assert up.dropped == 0  # no random drops: every loss is a full queue
 
 
 # --- TCP, with hotline's own TCP transport on both ends ------------------------------------
@@ -262,6 +328,31 @@ async def test_tcp_stall_makes_a_blocked_write_declare_the_connection_dead():
         await next_of(rig.a_rx, PathConnected)  # redialled
 
 
+async def test_tcp_rate_limit_keeps_framing_and_reads_only_what_it_can_pass_on():
+    rate, queue = 2_000_000, 10
+    async with tcp_rig(Faults()) as rig:
+        rig.proxy.set_faults(rate=rate, queue=queue)  # at run time, like any fault
+        sent = [b"frame %04d " % i + bytes(1000) for i in range(100)]
+        wire = sum(4 + len(p) for p in sent)  # length prefix + packet: ~0.4 s at 2 Mbit/s
+        start = trio.current_time()
+        for p in sent:
+            rig.a.send(p)
+        await trio.sleep(0.1)
+        # The proxy took in only the queue's worth and what the rate let out since: the
+        # rest waits in the sender's socket (its TCP flow control pushes back).
+        took_in = rig.proxy.stats.up.bytes_in
+        let_out = (trio.current_time() - start) * rate / 8
+        assert took_in <= queue * TCP_QUEUE_PACKET + max(map(len, sent)) + 4 + let_out
+        assert await receive_packets(rig.b_rx, len(sent)) == sent
+        elapsed = trio.current_time() - start
+        assert elapsed >= 0.999 * wire * 8 / rate
+        assert rig.b.stats.framing_errors == 0
+        assert rig.proxy.stats.up.queue_dropped == 0  # a byte stream is never dropped
+        rig.proxy.set_faults(rate=0)
+        rig.a.send(b"unlimited again")
+        assert await receive_packets(rig.b_rx, 1) == [b"unlimited again"]
+
+
 async def test_tcp_close_connections_cuts_and_the_path_redials():
     async with tcp_rig(Faults()) as rig:
         assert handle_request({"tcp": rig.proxy}, {"path": "tcp", "close": True})["closed"] == 1
@@ -315,10 +406,15 @@ async def test_control_socket_changes_faults_and_reports_stats(kind, tmp_path):
         assert not proxies["udp"].faults.blackhole
         reply = await acontrol(address, {"path": "*", "drop": 0.5})
         assert proxies["tcp"].faults.drop == proxies["udp"].faults.drop == 0.5
+        reply = await acontrol(address, {"path": "udp", "rate": 1_000_000, "queue": 20})
+        assert reply["faults"]["udp"]["rate"] == 1_000_000
+        assert (proxies["udp"].faults.rate, proxies["udp"].faults.queue) == (1_000_000, 20)
+        assert proxies["tcp"].faults.rate == 0
         stats = await acontrol(address, {"cmd": "stats"})
         assert stats["ok"]
         assert stats["stats"]["udp"]["up"]["dropped"] == 0
-        for bad in ({"path": "nope"}, {"path": "tcp", "drop": 2}, {"path": "tcp", "x": 1}, [1]):
+        for bad in ({"path": "nope"}, {"path": "tcp", "drop": 2}, {"path": "tcp", "x": 1}, [1],
+                    {"path": "udp", "rate": -1}, {"path": "udp", "queue": 0}):
             reply = await acontrol(address, bad)  # type: ignore[arg-type]
             assert reply["ok"] is False
             assert reply["error"]
@@ -376,6 +472,8 @@ def test_frame_splitter_yields_whole_frames_whatever_the_chunking(frames, cuts):
 
 def test_faults_validation():
     assert Faults().updated({"drop": 0.5}).drop == 0.5
-    for bad in ({"drop": 1.5}, {"delay": -1}, {"blackhole": 1}, {"nope": 1}, {"jitter": "x"}):
+    assert Faults().updated({"rate": 1e6}).queue == 50  # a bounded queue by default
+    for bad in ({"drop": 1.5}, {"delay": -1}, {"blackhole": 1}, {"nope": 1}, {"jitter": "x"},
+                {"rate": -1}, {"rate": True}, {"rate": "1M"}, {"queue": 0}, {"queue": 1.5}):
         with pytest.raises(ValueError, match=r"must|unknown"):
             Faults().updated(bad)

@@ -1,8 +1,9 @@
 # hotline/testing/faultproxy.py — a fault-injecting TCP/UDP proxy for tests and `hotline demo`.
 #
 # Owns: a proxy that sits between a listen address and a target and misbehaves on
-# command — drop, delay (+ jitter), duplicate, reorder, corrupt, black-hole, stall —
-# with a seeded RNG so that what it does is reproducible (counts, not timings).
+# command — drop, delay (+ jitter), duplicate, reorder, corrupt, black-hole, stall, a
+# bandwidth limit with a bounded queue — with a seeded RNG so that what it does is
+# reproducible (counts, not timings).
 #
 # How it works:
 #   * Every byte unit crossing the proxy goes through a ``_Pipe`` (one per direction
@@ -11,6 +12,18 @@
 #     sender task emits units when due. On TCP the release times are kept monotonic, so
 #     delay never reorders the stream; only an explicit ``reorder`` lets later units
 #     overtake (it holds the chosen unit back ``reorder_delay`` seconds longer).
+#   * Bandwidth (``rate`` in bits/s, 0 = unlimited; ``queue`` in packets, default 50):
+#     each direction of a proxy is one bottleneck shared by all its connections or
+#     sessions, the model of hotline/testing/bottleneck.py in real time. Units are
+#     serialised one after another at ``rate`` (a unit leaves when the ones queued
+#     before it have, plus its own ``len * 8 / rate``); ``delay`` and ``jitter`` are
+#     added after the bottleneck. A UDP datagram that finds ``queue`` datagrams held
+#     (waiting or on the wire) is dropped: tail drop, counted as ``queue_dropped``, so
+#     drops follow from queueing delay as at a router whose buffer is ``queue`` packets
+#     (no AQM such as CoDel). TCP is a byte stream and is never dropped: while the
+#     bottleneck holds ``queue`` x 1,500 bytes the proxy stops reading, so the
+#     sender's own TCP flow control pushes back; reads are cut to the room left.
+#     Faults that make copies (``duplicate``) put each copy through the bottleneck.
 #   * Units: a UDP datagram; for TCP a whole chunk as read, or, with ``frame_aware``,
 #     one ``length(4, BE) | packet`` frame. Drop, duplicate, reorder and corrupt apply
 #     only to datagrams and whole frames (they would break a raw stream's framing);
@@ -25,6 +38,7 @@
 #     from another process through the control socket (JSON lines):
 #         {"path": "tcp", "blackhole": true}        -> {"ok": true, "faults": {...}}
 #         {"path": "*", "drop": 0.1}                (every proxy)
+#         {"path": "udp", "rate": 1000000, "queue": 50}   (1 Mbit/s, 50-packet queue)
 #         {"path": "tcp", "close": true}            (cut current connections)
 #         {"cmd": "stats"}                          -> {"ok": true, "stats": {...}}
 #
@@ -61,12 +75,14 @@ from typing import Any
 
 import trio
 
+from hotline.testing.bottleneck import SerialQueue
 from hotline.testing.process import read_line, terminate
 
 Address = tuple[Any, ...]
 MAX_FRAME = 1 << 24  # a frame_aware stream claiming more is passed through raw
 RECEIVE_SIZE = 65536
 MAX_UDP_SESSIONS = 64
+TCP_QUEUE_PACKET = 1500  # a TCP bottleneck holds ``queue`` packets of this many bytes
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -86,6 +102,8 @@ class Faults:
     jitter: float = 0.0
     blackhole: bool = False
     stall: bool = False
+    rate: float = 0.0  # bits per second through each direction; 0: unlimited
+    queue: int = 50  # packets the bottleneck holds (TCP: x 1,500 bytes) before tail drop
 
     def updated(self, changes: dict[str, Any]) -> Faults:
         """A copy with ``changes`` applied; ValueError on an unknown key or bad value."""
@@ -105,6 +123,12 @@ class Faults:
         for name in ("blackhole", "stall"):
             if not isinstance(getattr(new, name), bool):
                 raise ValueError(f"{name} must be true or false")
+        if isinstance(new.rate, bool) or not (isinstance(new.rate, int | float)
+                                              and 0 <= new.rate < 1e12):
+            raise ValueError(f"rate must be bits/s >= 0 (0: unlimited), not {new.rate!r}")
+        if isinstance(new.queue, bool) or not (isinstance(new.queue, int)
+                                               and 1 <= new.queue <= 1_000_000):
+            raise ValueError(f"queue must be a whole number of packets >= 1, not {new.queue!r}")
         return new
 
 
@@ -121,6 +145,7 @@ class DirectionStats:
     corrupted: int = 0
     reordered: int = 0
     blackholed: int = 0
+    queue_dropped: int = 0  # UDP datagrams that found the bottleneck's queue full
     send_errors: int = 0
 
 
@@ -139,12 +164,16 @@ class ProxyStats:
 
 
 class _Pipe:
-    """One direction of one connection/session: decides each unit's fate, emits when due."""
+    """One direction of one connection/session: decides each unit's fate, emits when due.
+
+    ``direction`` is "up" (client -> target) or "down": it names the counters and the
+    bottleneck the pipe shares with the proxy's other pipes of that direction.
+    """
 
     def __init__(
         self,
         proxy: _Proxy,
-        stats: DirectionStats,
+        direction: str,
         emit: Callable[[bytes], Awaitable[None]],
         *,
         ordered: bool,
@@ -152,7 +181,8 @@ class _Pipe:
         corrupt_from: int = 0,
     ) -> None:
         self._proxy = proxy
-        self._stats = stats
+        self._stats: DirectionStats = getattr(proxy.stats, direction)
+        self._bottleneck = proxy.bottlenecks[direction]
         self._emit = emit
         self._ordered = ordered
         self._unit_faults = unit_faults
@@ -194,19 +224,50 @@ class _Pipe:
 
     def _schedule(self, unit: bytes, copies: int, reorder: bool) -> None:
         faults = self._proxy.faults
-        release = trio.current_time() + faults.delay
-        if faults.jitter:
-            release += self._proxy.rng.random() * faults.jitter
-        if self._ordered:
-            release = max(release, self._last_release)
         if reorder:
             self._stats.reordered += 1
-            release += faults.reorder_delay  # later units overtake it
-        elif self._ordered:
-            self._last_release = release
         for _ in range(copies):
+            sent = self._serialised(unit)
+            if sent is None:
+                continue
+            release = sent + faults.delay
+            if faults.jitter:
+                release += self._proxy.rng.random() * faults.jitter
+            if self._ordered:
+                release = max(release, self._last_release)
+            if reorder:
+                release += faults.reorder_delay  # later units overtake it
+            elif self._ordered:
+                self._last_release = release
             heapq.heappush(self._heap, (release, next(self._seq), unit))
         self._wake.set()
+
+    def _serialised(self, unit: bytes) -> float | None:
+        """When ``unit`` has crossed the bottleneck (now if unlimited); None if a
+        datagram found the queue full. TCP readers wait for room before submitting."""
+        now, faults = trio.current_time(), self._proxy.faults
+        if not faults.rate:
+            return now
+        if not self._ordered and self._bottleneck.held(now) >= faults.queue:
+            self._stats.queue_dropped += 1
+            return None
+        return self._bottleneck.admit(len(unit), now, faults.rate)
+
+    def read_size(self) -> int:
+        """How many bytes a TCP reader may take now (0: wait for room)."""
+        faults = self._proxy.faults
+        if not faults.rate:
+            return RECEIVE_SIZE
+        held = self._bottleneck.held_bytes(trio.current_time())
+        return max(0, min(RECEIVE_SIZE, faults.queue * TCP_QUEUE_PACKET - held))
+
+    async def wait_for_room(self) -> int:
+        """Wait until the bottleneck has room (or the faults change); the read size."""
+        while (size := self.read_size()) == 0:
+            deadline = self._bottleneck.next_departure()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._proxy.faults_changed()
+        return size
 
     def close(self) -> None:
         """The reader saw EOF: emit what is queued, then end ``run``."""
@@ -289,6 +350,11 @@ class _Proxy:
         self.stats = ProxyStats()
         self.address: Address | None = None  # bound listen address, once running
         self._changed = trio.Event()
+        self.bottlenecks = {"up": SerialQueue(), "down": SerialQueue()}  # per direction
+
+    async def faults_changed(self) -> None:
+        """Return at the next ``set_faults``."""
+        await self._changed.wait()
 
     def set_faults(self, **changes: Any) -> Faults:
         """Change faults at run time (ValueError on a bad one); returns the new set."""
@@ -299,7 +365,7 @@ class _Proxy:
 
     async def _wait_until(self, predicate: Callable[[], bool]) -> None:
         while not predicate():
-            await self._changed.wait()
+            await self.faults_changed()
 
     def close_connections(self) -> int:
         """Cut current connections (TCP); returns how many."""
@@ -373,8 +439,8 @@ class TcpFaultProxy(_Proxy):
             return
         try:
             async with trio.open_nursery() as nursery:
-                self._pump(nursery, client, upstream, self.stats.up)
-                self._pump(nursery, upstream, client, self.stats.down)
+                self._pump(nursery, client, upstream, "up")
+                self._pump(nursery, upstream, client, "down")
         finally:
             await trio.aclose_forcefully(upstream)
 
@@ -398,11 +464,11 @@ class TcpFaultProxy(_Proxy):
         nursery: trio.Nursery,
         source: trio.SocketStream,
         sink: trio.SocketStream,
-        stats: DirectionStats,
+        direction: str,
     ) -> None:
         pipe = _Pipe(
             self,
-            stats,
+            direction,
             sink.send_all,
             ordered=True,
             unit_faults=self.frame_aware,
@@ -423,7 +489,7 @@ class TcpFaultProxy(_Proxy):
         try:
             while True:
                 await self._wait_until(lambda: not self.faults.stall)
-                data = await source.receive_some(RECEIVE_SIZE)
+                data = await source.receive_some(await pipe.wait_for_room())
                 if not data:
                     break
                 for unit in splitter.feed(data) if splitter else [data]:
@@ -490,9 +556,9 @@ class UdpFaultProxy(_Proxy):
             self._sessions[client] = scope
             await upstream.bind(("::" if self._family == socket.AF_INET6 else "0.0.0.0", 0))
             up_emit = self._sender(upstream, self._target_addr, self.stats.up)
-            up = _Pipe(self, self.stats.up, up_emit, ordered=False, unit_faults=True)
+            up = _Pipe(self, "up", up_emit, ordered=False, unit_faults=True)
             down_emit = self._sender(listen_sock, client, self.stats.down)
-            down = _Pipe(self, self.stats.down, down_emit, ordered=False, unit_faults=True)
+            down = _Pipe(self, "down", down_emit, ordered=False, unit_faults=True)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(up.run)
                 nursery.start_soon(down.run)
