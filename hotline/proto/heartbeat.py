@@ -91,7 +91,7 @@ class PathHealth:
 
     def check_dead(self, now: float) -> bool:
         """Returns True if the path just went down (nothing heard for ``dead_after``)."""
-        if self.up and self.last_heard is not None and now - self.last_heard >= self.dead_after:
+        if self.up and self.last_heard is not None and now >= self.last_heard + self.dead_after:
             return self._go_down()
         return False
 

@@ -47,6 +47,7 @@ from hotline.proto.requests import SendRequest, Stored
 from hotline.testing.endpoints import Node, seeded_rng
 
 T0 = 1_000.0
+_MAX_STEPS_AT_ONE_INSTANT = 2_000
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class Sim:
         self._backups: dict[str, list[tuple[Path, float]]] = {"a": [], "b": []}
         self._full_until = {"a": 0.0, "b": 0.0}
         self.hostile_frames = 0
+        self._stuck = 0
         self.actions = self._schedule()
 
     def _schedule(self) -> list[tuple[float, int, str, str]]:
@@ -159,8 +161,9 @@ class Sim:
             self.step()
 
     def settled(self) -> bool:
-        """Nothing in flight, nothing waiting, every lane of both ends acknowledged."""
-        if self._queue or any(self._waiting.values()):
+        """Nothing waiting, every lane of both ends acknowledged (heartbeats never stop,
+        so the network itself is never empty)."""
+        if any(self._waiting.values()):
             return False
         for side, node in self.nodes.items():
             ep = node.endpoint
@@ -173,12 +176,22 @@ class Sim:
         return True
 
     def step(self) -> None:
-        """Advance to the next event and handle everything due then."""
+        """Advance to the next event and handle everything due then.
+
+        Raises:
+            AssertionError: time stopped moving — some deadline is never acted on, which
+                in the daemon would be a core spinning at 100% (the timer invariant).
+        """
         times = [self._queue[0][0]] if self._queue else []
         times += [t for t in (n.get_timer() for n in self.nodes.values()) if t is not None]
         if self.actions:
             times.append(self.actions[0][0])
-        self.now = max(self.now, min(times, default=self.now + 1.0))
+        now = max(self.now, min(times, default=self.now + 1.0))
+        self._stuck = self._stuck + 1 if now == self.now else 0
+        if self._stuck > _MAX_STEPS_AT_ONE_INSTANT:
+            timers = {name: n.get_timer() for name, n in self.nodes.items()}
+            raise AssertionError(f"seed {self.sc.seed}: time stuck at {now} ({timers})")
+        self.now = now
         while self.actions and self.actions[0][0] <= self.now:
             _, _, side, action = heapq.heappop(self.actions)
             self.act(side, action)
