@@ -98,7 +98,10 @@ def _assert_terminal_safe(output: bytes) -> list[str]:
 
 def _assert_layout(lines: list[str]) -> None:
     """One header per message; every other line is a marked continuation."""
-    headers = [line for line in lines if not line.startswith(("  ", "-- peer epoch "))]
+    epochs = [line for line in lines if line.startswith("-- peer epoch ")]
+    assert len(epochs) == 1  # one peer epoch: named once, first
+    lines = [line for line in lines if line not in epochs]
+    headers = [line for line in lines if not line.startswith("  ")]
     assert len(headers) == len(BODIES)
     assert all(h.startswith("#") for h in headers)
     assert all(line.startswith((CONTINUATION, WRAPPED)) for line in lines
@@ -111,6 +114,7 @@ def test_inbox_text_to_a_pipe_escapes_every_byte(pair: LoopbackPair) -> None:
     assert out.returncode == 0, out.stderr
     lines = _assert_terminal_safe(out.stdout)
     _assert_layout(lines)
+    assert lines.pop(0).startswith("-- peer epoch ")
     all_bytes = "".join(_expected(b) for b in range(256))
     before_lf, after_lf = all_bytes.split("\\x0a")
     assert lines[0].endswith("Z " + before_lf)

@@ -246,10 +246,14 @@ def test_backlog_limit_refuses_send_while_the_peer_is_away(tmp_path: Path) -> No
     p.start(0)  # moscow never starts
     try:
         p.wait_for(lambda: p.status(0) is not None, 20, "washington's control socket")
+        # --lines sends what stdin holds as one request: refused whole, nothing stored
         out = p.cli(0, "send", "--lines", input=b"one\ntwo\nthree\nfour\nfive\n")
-        assert out.stdout.split() == [b"1", b"2", b"3"]
+        assert out.stdout == b""
         assert out.returncode == 75, out.stderr
         assert b"backlog" in out.stderr
+        for seq, body in enumerate(("one", "two", "three"), start=1):
+            stored = p.cli(0, "send", body)
+            assert stored.stdout.split() == [str(seq).encode()]
         refused = p.cli(0, "send", "four")
         assert refused.returncode == 75
         assert b"backlog" in refused.stderr

@@ -353,6 +353,10 @@ _NOT_FUZZED_HERE = {
     "sessions.SessionManager.on_response_untrusted": "wraps Initiation (handshake_response)",
     "sessions.SessionManager.open_untrusted": "wraps TransportOpener (transport_open)",
     "incoming.IncomingStream.on_data_untrusted": "takes a decoded Data and Envelope",
+    "handshake.check_size_untrusted": "the first check of both handshake consumers "
+                                      "(handshake_initiation, handshake_response)",
+    "cookie.check_mac1_untrusted": "the mac1 check inside the guard (guard.screen_initiation)",
+    "sessions.SessionManager.on_cookie_reply_untrusted": "wraps CookieJar (cookie_jar)",
 }
 _FUZZED_HERE = {
     "packet.packet_type_untrusted": "packet_type",
@@ -370,6 +374,9 @@ _FUZZED_HERE = {
     "control.decode_request_untrusted": "control_request",
     "control.decode_reply_untrusted": "control_reply",
     "control.FrameBuffer.feed_untrusted": "control_frame_buffer",
+    "guard.HandshakeGuard.screen_initiation_untrusted": "guard.screen_initiation",
+    "cookie.CookieJar.consume_reply_untrusted": "cookie_jar",
+    "cookie.check_cookie_reply_untrusted": "cookie_reply",
 }
 
 
