@@ -238,8 +238,8 @@ class History:
     changes: list[tuple[float, bool]] = field(default_factory=lambda: [(START, False)])
 
     def down_since(self, t: float) -> float | None:
-        """When the link went down, if it was down at ``t``."""
-        before = [(at, up) for at, up in self.changes if at <= t]
+        """When the link went down, if it was down just before ``t``."""
+        before = [(at, up) for at, up in self.changes if at < t]
         return None if before[-1][1] else before[-1][0]
 
 
