@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import socket
 import urllib.error
-import urllib.request
 
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from hotline.daemon.metrics import (
     DROP_REASONS,
@@ -21,6 +19,8 @@ from hotline.daemon.metrics import (
 )
 from hotline.errors import ConfigError
 from hotline.proto.supervision import ALERT_EVENTS, PRECEDENCES
+from hotline.testing.metrics import Samples, scrape_metrics
+from hotline.testing.metrics import sample as value
 
 TCP, UDP = "tcp://127.0.0.1:7411", "udp://127.0.0.1:7411"
 SNAPSHOT = MetricsSnapshot(
@@ -45,31 +45,11 @@ CONTRACT = {
     "hotline_drill_last_success_timestamp_seconds", "hotline_alerts_total",
 }
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(address: tuple[str, int]) -> tuple[str, Samples]:
-    """GET /metrics; the content type and every sample as {(name, labels): value}."""
-    host, port = address
-    url = f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=30) as reply:
-        content_type, text = reply.headers["Content-Type"], reply.read().decode()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
-    }
-    return content_type, samples
-
-
 async def scrape_served(metrics: Metrics, host: str = "127.0.0.1") -> tuple[str, Samples]:
     async with serve_metrics((host, 0), metrics) as address:
         assert address is not None
         assert address[1] != 0
-        return await trio.to_thread.run_sync(scrape, address)
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
+        return await trio.to_thread.run_sync(scrape_metrics, address)
 
 
 async def test_every_contract_metric_over_http() -> None:
@@ -176,4 +156,4 @@ async def test_stopping_closes_the_port() -> None:
     async with serve_metrics(("127.0.0.1", 0), Metrics()) as address:
         assert address is not None
     with pytest.raises(urllib.error.URLError):
-        await trio.to_thread.run_sync(scrape, address)
+        await trio.to_thread.run_sync(scrape_metrics, address)
