@@ -48,8 +48,20 @@ from hotline.errors import ConfigError
 from hotline.proto.supervision import ALERT_EVENTS, PRECEDENCES
 
 DROP_REASONS = ("decode", "limit", "authentication", "replay", "handshake")
+_DROP_REASON_OF_ERROR = {
+    "DecodeError": "decode", "LimitError": "limit", "AuthenticationError": "authentication",
+    "ReplayError": "replay", "HandshakeError": "handshake",
+}
 HANDSHAKE_RESULTS = ("ok", "failed")
 REQUEST_TIMEOUT = 5.0
+
+
+def drop_reason(kind: str) -> str:
+    """The ``reason`` label for a dropped packet's error class name (``Dropped.kind``).
+
+    ``AuthenticationError`` → ``authentication``; an unknown class → ``other``.
+    """
+    return _DROP_REASON_OF_ERROR.get(kind, "other")
 
 
 @dataclass(frozen=True)

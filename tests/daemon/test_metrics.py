@@ -15,6 +15,7 @@ from hotline.daemon.metrics import (
     MetricsServer,
     MetricsSnapshot,
     PathMetrics,
+    drop_reason,
     serve_metrics,
 )
 from hotline.errors import ConfigError
@@ -99,6 +100,12 @@ def test_unknown_label_values_are_kept() -> None:
     [family] = [f for f in metrics.collect() if f.name == "hotline_packets_dropped"]
     labels = [s.labels["reason"] for s in family.samples if s.name.endswith("_total")]
     assert labels == [*DROP_REASONS, "toolarge"]
+
+
+def test_drop_reasons_from_error_class_names() -> None:
+    kinds = ["DecodeError", "LimitError", "AuthenticationError", "ReplayError", "HandshakeError"]
+    assert [drop_reason(k) for k in kinds] == list(DROP_REASONS)
+    assert drop_reason("SomethingNew") == "other"
 
 
 def test_last_heard_keeps_growing_between_snapshots() -> None:
