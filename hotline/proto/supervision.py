@@ -260,6 +260,8 @@ class AlertPolicy:
         return Alert(event, self._peer, severity, _cut(text))
 
     def _offer(self, alert: Alert, now: float) -> None:
+        for due in self._limit.release_due(now):  # a late timer: what is due goes first
+            self._emit(due)
         sent = self._limit.offer(alert, now)
         if sent is not None:
             self._emit(sent)

@@ -150,6 +150,18 @@ def test_a_single_held_back_alert_keeps_its_text() -> None:
     assert [a.text for _, a in alerts] == ["message store error: disk still full"]
 
 
+def test_a_late_timer_does_not_hold_back_an_alert_whose_window_has_ended() -> None:
+    p = policy()
+    p.observe_link(True, START)
+    p.on_drill_failed("P1", "no answer", START)
+    p.on_drill_failed("P2", "no answer", START + 1)
+    p.alerts_to_send()
+    p.on_drill_failed("P3", "no answer", START + 2 * EVERY)  # handle_timer never called
+    # P2 goes out now (its window ended long ago); P3 waits for the next window.
+    assert [a.text for a in p.alerts_to_send()] == ["drill P2 to moscow failed: no answer"]
+    assert p.get_timer() == START + 3 * EVERY
+
+
 def test_operator_overdue_severity_by_precedence() -> None:
     p = policy()
     p.on_operator_overdue("Z17", "flash", 600.4, START)
