@@ -16,7 +16,10 @@ syslog priority and ordered fields. It is rendered three ways:
 
   (one line). Other kinds: ``state peer=… path=URL change=up|down|failover
   reason=…``, ``auth peer=… path=… reason=…``, ``insecure path=… reason=…``,
-  ``handshake peer=… path=… result=ok|failed reason=…``, ``daemon …``, ``control …``.
+  ``handshake peer=… path=… result=ok|failed reason=…``, ``daemon …``, ``control …``,
+  ``alert alert=EVENT peer=… severity=… text=…`` (DESIGN §10; priority 3 or 2) and
+  ``alert_command alert=EVENT result=ok|exit N|killed by SIG…|timeout|cannot run|queue
+  full …`` (hotline/daemon/alerts.py).
 * **json** (``--log-format json``): one object per line, ``{"ts": ISO-8601 UTC,
   "event": KIND, "priority": N, …fields}``; the heartbeat's fields are exactly the
   ``status --json`` object (DESIGN §6), so ``paths`` is a list of objects there.
@@ -72,6 +75,8 @@ MESSAGE_IDS: dict[str, str] = {
     "epoch": "0f2a47ecd01b42f9a9a921a9e73b4e5e",
     "error": "f023fea4b5294c66be0e3298ba7d1cdb",
     "debug": "b363d0b31fc242749684858bb71bf96a",
+    "alert": "1025156a86a4447881a5ff544a6cda79",
+    "alert_command": "753514e965f7468e9a5ee6dc8b776b50",
 }
 
 LinkState = Literal["up", "degraded", "down"]
@@ -102,6 +107,12 @@ def _plain(value: object) -> str:
     if isinstance(value, bool | float):
         return format_value(value)
     return str(value)
+
+
+def utc_stamp(seconds: float) -> str:
+    """Unix seconds as ISO-8601 UTC with milliseconds: ``2025-01-31T12:00:00.000Z``."""
+    ts = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def format_line(kind: str, fields: Mapping[str, object]) -> str:
@@ -275,9 +286,7 @@ class Logger:
         self._write(priority, message)
 
     def _json_obj(self, kind: str, priority: int, fields: Mapping[str, Any]) -> dict[str, Any]:
-        ts = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
-        stamp = ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        return {"ts": stamp, "event": kind, "priority": priority, **fields}
+        return {"ts": utc_stamp(self.clock()), "event": kind, "priority": priority, **fields}
 
     def _journal_fields(self, kind: str, priority: int, fields: Mapping[str, object],
                         message: str) -> dict[str, str]:
@@ -295,8 +304,7 @@ class Logger:
     def _write(self, priority: int, message: str) -> None:
         prefix = f"<{priority}>" if self.priority_prefix else ""
         if self.timestamps and self.fmt == "text":
-            ts = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
-            prefix += ts.isoformat(timespec="milliseconds").replace("+00:00", "Z") + " "
+            prefix += utc_stamp(self.clock()) + " "
         try:
             self.stream.write(f"{prefix}{message}\n")
             self.stream.flush()

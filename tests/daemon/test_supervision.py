@@ -1,0 +1,92 @@
+"""daemon/supervision.py: the runner's per-turn seam for alerts and metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hotline.config import Config, PathSpec
+from hotline.daemon.logs import Logger
+from hotline.daemon.metrics import MetricsSnapshot
+from hotline.daemon.supervision import PUBLISH_EVERY, Supervision
+from hotline.proto.identity import Identity
+from hotline.testing.metrics import sample, scrape_metrics
+
+CONFIG = Config(
+    path=Path("/etc/hotline/washington.toml"), key_path=Path("/k"), listen=(),
+    state_dir=Path("/s"), control=Path("/c"), peer_name="moscow",
+    peer_key=Identity.from_seed(bytes(32)).public,
+    peer_paths=(PathSpec("tcp://127.0.0.1:7411", "tcp", "127.0.0.1", 7411),),
+    alert_after=30.0, alert_every=300.0,
+)
+
+
+def recorder() -> tuple[Logger, list[dict[str, Any]]]:
+    logger = Logger(io.StringIO(), "json")
+    events: list[dict[str, Any]] = []
+    logger.add_sink(events.append)
+    return logger, events
+
+
+def alerts(events: list[dict[str, Any]]) -> list[str]:
+    return [e["alert"] for e in events if e["event"] == "alert"]
+
+
+def test_turns_feed_the_policy_and_fire_its_alerts() -> None:
+    logger, events = recorder()
+    sup = Supervision(CONFIG, logger, now=0.0)
+    built: list[float] = []
+
+    def snapshot() -> MetricsSnapshot:
+        built.append(0)
+        return MetricsSnapshot()
+
+    sup.after_turn(1.0, True, snapshot)
+    sup.after_turn(2.0, False, snapshot)  # down; a blip until 32
+    assert sup.get_timer() == 32.0
+    sup.after_turn(20.0, True, snapshot)
+    assert alerts(events) == []
+    sup.after_turn(40.0, False, snapshot)
+    sup.after_turn(70.0, False, snapshot)  # the runner woke at get_timer() = 70
+    assert alerts(events) == ["link_down"]
+    sup.after_turn(75.0, True, snapshot)
+    assert alerts(events) == ["link_down", "link_restored"]
+    assert built == []  # metrics off: no snapshot is ever built
+
+
+def test_snapshots_are_built_at_most_every_publish_interval() -> None:
+    sup = Supervision(dataclasses.replace(CONFIG, metrics=("127.0.0.1", 0)), recorder()[0],
+                      now=0.0)
+    built: list[float] = []
+    for i in range(8):  # turns every quarter of the interval, for two intervals
+        now = i * PUBLISH_EVERY / 4
+
+        def snapshot(now: float = now) -> MetricsSnapshot:
+            built.append(now)
+            return MetricsSnapshot()
+
+        sup.after_turn(now, True, snapshot)
+    assert built == [0.0, PUBLISH_EVERY]
+
+
+async def test_running_serves_metrics_and_runs_alert_commands(tmp_path: Path) -> None:
+    out = tmp_path / "alerts"
+    config = dataclasses.replace(CONFIG, metrics=("127.0.0.1", 0),
+                                 alert_command=("/bin/sh", "-c", 'cat >> "$0"', str(out)))
+    logger, events = recorder()
+    sup = Supervision(config, logger, now=0.0)
+    async with sup.running() as address:
+        assert address is not None
+        sup.after_turn(31.0, False, lambda: MetricsSnapshot(last_heard_seconds=31.0))
+        samples = (await trio.to_thread.run_sync(scrape_metrics, address))[1]
+    # Leaving running() let the queued command finish.
+    assert [json.loads(line)["event"] for line in out.read_text().splitlines()] == ["link_down"]
+    assert [e["result"] for e in events if e["event"] == "alert_command"] == ["ok"]
+    assert sample(samples, "hotline_link_up") == 0
+    assert sample(samples, "hotline_alerts_total", event="link_down") == 1
+    assert sample(samples, "hotline_last_heard_seconds") >= 31
