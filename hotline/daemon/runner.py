@@ -32,6 +32,7 @@ from hotline.daemon.calls import (
 from hotline.daemon.logs import Logger
 from hotline.daemon.notify import Notifier
 from hotline.daemon.storeworker import StoreWorker
+from hotline.daemon.supervision import Supervision, metrics_snapshot
 from hotline.proto.endpoint import Endpoint, Outputs
 from hotline.proto.guard import Source, source_of
 from hotline.proto.link import Received
@@ -55,10 +56,13 @@ class Runner:
         transports: dict[int, PathTransport],
         logger: Logger,
         notifier: Notifier,
+        supervision: Supervision,
         inbox_changed: Callable[[], None] = lambda: None,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.endpoint = endpoint
+        self._supervision = supervision
+        self._started = trio.current_time()
         self._inbox_changed = inbox_changed
         self._inputs = inputs
         self._store = store
@@ -171,6 +175,9 @@ class Runner:
             self._notifier.status(out.status_line)
         if out.inbox_grew:
             self._inbox_changed()
+        now = trio.current_time()
+        self._supervision.after_turn(
+            now, out.alerts, lambda: metrics_snapshot(self.endpoint, now, self._started))
 
     def _contain(self, what: str, err: Exception) -> None:
         detail = "".join(traceback.format_exception(err)).strip()

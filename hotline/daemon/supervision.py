@@ -1,20 +1,17 @@
-"""The runner's one seam for supervision: alerts and metrics (DESIGN §10).
+"""The I/O side of supervision: running alert commands and serving metrics (DESIGN §10).
 
-``Supervision`` holds the three parts and is driven by the runner:
+The rules — which alert goes out and when (``link_down`` only after ``alert_after``,
+one per event kind per ``alert_every``, …) — are the endpoint's (``AlertPolicy`` in
+hotline/proto/supervision.py, owned by ``Endpoint``): every ``poll`` returns the alerts
+it raised. This holds what carries them out:
 
-* ``policy`` — the sans-IO ``AlertPolicy`` (hotline/proto/supervision.py). The runner
-  calls its ``on_*`` hooks where the events happen (``on_epoch_changed``,
-  ``on_auth_failure``, ``on_operator_overdue``, ``on_drill_failed``,
-  ``on_store_error``, ``on_insecure_key``);
-* ``alerts`` — the ``AlertRunner`` (journal line + ``alert_command``);
+* ``alerts`` — the ``AlertRunner`` (journal line at priority ≤ 3 + ``alert_command``);
 * ``metrics`` — the ``Metrics`` collector behind ``/metrics``.
 
-Per loop turn the runner calls ``after_turn(now, link_up, snapshot)``: it tells the
-policy the link state, fires the policy's timer if due, hands every alert raised this
-turn to the alert runner, and — when ``metrics`` is configured — publishes a fresh
-``MetricsSnapshot`` at most every ``PUBLISH_EVERY`` seconds (``snapshot`` is a
-callable, so a busy loop does not build one per turn; ``alerts`` counts are filled
-in here). ``get_timer()`` joins the runner's deadlines.
+Per loop turn the runner calls ``after_turn(now, alerts, snapshot)``: every alert is
+fired, and — when ``metrics`` is configured — a fresh ``MetricsSnapshot`` is published
+at most every ``PUBLISH_EVERY`` seconds (``snapshot`` is a callable, so a busy loop
+does not build one per turn).
 
 ``running()`` is entered before the daemon's nursery (a bind failure is a plain
 ``ConfigError``): it serves ``/metrics`` and runs the alert commands until it exits,
@@ -24,63 +21,59 @@ then gives queued alert commands up to their timeout to finish.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
 from hotline.config import Config
 from hotline.daemon.alerts import DEFAULT_TIMEOUT, AlertRunner
 from hotline.daemon.logs import Logger
-from hotline.daemon.metrics import Metrics, MetricsSnapshot, serve_metrics
-from hotline.proto.supervision import AlertPolicy, AlertSettings
+from hotline.daemon.metrics import (
+    Metrics,
+    MetricsSnapshot,
+    PathMetrics,
+    drop_reason,
+    serve_metrics,
+)
+from hotline.proto.endpoint import Endpoint
+from hotline.proto.lanes import NAMES, parse_message_id
+from hotline.proto.supervision import Alert
 
 PUBLISH_EVERY = 0.25  # seconds between metrics snapshots on a busy loop
 
 
 class Supervision:
-    """Alert policy, alert runner and metrics for one link; see the module header."""
+    """Alert runner and metrics for one link; see the module header."""
 
     def __init__(self, config: Config, logger: Logger, now: float, *,
                  alert_timeout: float = DEFAULT_TIMEOUT) -> None:
         """
         Args:
-            config: ``peer_name``, ``alert_*`` and ``metrics`` are used.
+            config: ``alert_command`` and ``metrics`` are used.
             logger: the daemon's logger (alert lines, command failures).
-            now: the runner's clock at start-up (the link is down until a path is up).
+            now: the runner's clock at start-up.
             alert_timeout: seconds before an alert command is killed.
         """
-        settings = AlertSettings(alert_after=config.alert_after, alert_every=config.alert_every)
-        self.policy = AlertPolicy(config.peer_name, settings, now)
         self.alerts = AlertRunner(config.alert_command, logger, timeout=alert_timeout)
         self.metrics = Metrics()
         self._address = config.metrics
         self._drain_timeout = alert_timeout + 1.0
         self._next_publish = now
 
-    def after_turn(self, now: float, link_up: bool,
+    def after_turn(self, now: float, alerts: Sequence[Alert],
                    snapshot: Callable[[], MetricsSnapshot]) -> None:
-        """Call once per loop turn, after the Link's events were handled.
+        """Call once per loop turn with the alerts the endpoint raised.
 
         Args:
             now: the turn's time (the runner's monotonic clock).
-            link_up: at least one path is up.
+            alerts: raised this turn (``Outputs.alerts``).
             snapshot: builds the metrics snapshot (called only when one is due).
         """
-        self.policy.observe_link(link_up, now)
-        timer = self.policy.get_timer()
-        if timer is not None and timer <= now:
-            self.policy.handle_timer(now)
-        raised = self.policy.alerts_to_send()
-        for alert in raised:
+        for alert in alerts:
             self.alerts.fire(alert)
-        if self._address is not None and (raised or now >= self._next_publish):
+        if self._address is not None and (alerts or now >= self._next_publish):
             self._next_publish = now + PUBLISH_EVERY
-            self.metrics.publish(dataclasses.replace(snapshot(), alerts=self.policy.counts))
-
-    def get_timer(self) -> float | None:
-        """When ``after_turn`` must run again for the policy (None: no deadline)."""
-        return self.policy.get_timer()
+            self.metrics.publish(snapshot())
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[tuple[str, int] | None]:
@@ -100,3 +93,33 @@ class Supervision:
             finally:
                 self.alerts.close()  # run() returns once the queued alerts have run
                 nursery.cancel_scope.deadline = trio.current_time() + self._drain_timeout
+
+
+def metrics_snapshot(endpoint: Endpoint, now: float, up_since: float) -> MetricsSnapshot:
+    """The ``/metrics`` view of ``endpoint`` at ``now`` (``up_since``: daemon start)."""
+    status = endpoint.status(now)
+    heard = [p.last_heard_s for p in status.paths if p.last_heard_s is not None]
+    dropped: dict[str, int] = {}
+    for kind, count in endpoint.narrator.dropped.items():
+        reason = drop_reason(kind)
+        dropped[reason] = dropped.get(reason, 0) + count
+    pending = dict.fromkeys(NAMES, 0)
+    for item in status.operator_pending:
+        pending[NAMES[parse_message_id(item.id)[0]]] += 1
+    counters = endpoint.counters
+    drill = status.last_drill
+    return MetricsSnapshot(
+        link_up=any(p.state == "up" for p in status.paths),
+        paths=tuple(PathMetrics(p.url, p.state == "up",
+                                None if p.rtt_ms is None else p.rtt_ms / 1000)
+                    for p in status.paths),
+        backlog={name: lane.backlog for name, lane in zip(NAMES, status.lanes, strict=True)},
+        sent=dict(zip(NAMES, counters.sent, strict=True)),
+        received=dict(zip(NAMES, counters.received, strict=True)),
+        operator_pending=pending,
+        last_heard_seconds=min(heard) if heard else now - up_since,
+        packets_dropped=dropped,
+        handshakes=dict(counters.handshakes),
+        drill_last_success=None if drill is None else drill.get("last_success"),
+        alerts=endpoint.alert_policy.counts,
+    )

@@ -32,11 +32,13 @@ from hotline.daemon.logs import NOTICE, Logger
 from hotline.daemon.notify import Notifier
 from hotline.daemon.runner import Runner, RunnerInput
 from hotline.daemon.storeworker import StoreWorker
+from hotline.daemon.supervision import Supervision
 from hotline.errors import ConfigError
 from hotline.keyfile import load_identity
 from hotline.proto.endpoint import Endpoint, EndpointSettings
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.link import LinkSettings, PathSpec
+from hotline.proto.supervision import AlertSettings
 from hotline.store import Store
 from hotline.transport.events import PathTransport
 from hotline.transport.tcp import TcpPath
@@ -94,7 +96,8 @@ async def run_daemon(config: Config, logger: Logger, notifier: Notifier) -> None
 def endpoint_settings(config: Config) -> EndpointSettings:
     """The endpoint's tunables from the config."""
     return EndpointSettings(link=link_settings(config), peer_name=config.peer_name,
-                            log_every=config.log_every, max_backlog=config.max_backlog)
+                            log_every=config.log_every, max_backlog=config.max_backlog,
+                            alerts=AlertSettings(config.alert_after, config.alert_every))
 
 
 async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Identity,
@@ -108,10 +111,11 @@ async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Ide
     transports: dict[int, PathTransport] = {}
     tcp_paths, udp = _make_transports(config, submit, transports)
     control = ControlServer(submit, worker, logger, _uid_logger(logger))
-    runner = Runner(endpoint, inputs, worker, transports, logger, notifier,
+    supervision = Supervision(config, logger, trio.current_time())
+    runner = Runner(endpoint, inputs, worker, transports, logger, notifier, supervision,
                     inbox_changed=control.inbox_changed)
     control_listener = await bind_control_socket(config.control)
-    async with trio.open_nursery() as nursery:
+    async with supervision.running() as metrics_at, trio.open_nursery() as nursery:
         for spec in config.listen:
             if spec.scheme == "tcp":
                 await nursery.start(TcpListener(spec.host, spec.port, tcp_paths).run)
@@ -127,7 +131,8 @@ async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Ide
         notifier.ready(f"listening; link to {config.peer_name} not up yet")
         logger.event("daemon", NOTICE, action="ready", peer=config.peer_name,
                      key=identity.public.fingerprint(), store=str(config.state_dir),
-                     listen=",".join(s.url for s in config.listen))
+                     listen=",".join(s.url for s in config.listen),
+                     metrics=None if metrics_at is None else f"{metrics_at[0]}:{metrics_at[1]}")
         if os.environ.get(WEDGE_ENV):
             nursery.start_soon(runner.wedge_after, float(os.environ[WEDGE_ENV]))
         signum = await _wait_for_signal()

@@ -47,9 +47,11 @@ from hotline.proto.events import (
     Acked,
     ChainWanted,
     Delivered,
+    Dropped,
     Event,
     Forked,
     GapFound,
+    HandshakeComplete,
     InitiationAccepted,
     NewEpoch,
     ReceiptReceived,
@@ -59,7 +61,7 @@ from hotline.proto.guard import Source
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.lanes import LANES, lane_name, message_id
 from hotline.proto.link import Link, LinkSettings, Outbound, PathSpec, Received
-from hotline.proto.notices import CRIT, Narrator, Notice, heartbeat_notice
+from hotline.proto.notices import AUTH_KINDS, CRIT, Narrator, Notice, heartbeat_notice
 from hotline.proto.records import (
     AckRecord,
     Carry,
@@ -91,6 +93,7 @@ from hotline.proto.requests import (
 )
 from hotline.proto.sequencer import LaneSequencer
 from hotline.proto.status import LaneSnapshot, LinkSnapshot, PathSnapshot, status_text
+from hotline.proto.supervision import Alert, AlertPolicy, AlertSettings
 
 MAX_WAIT = 3600.0  # the longest a client may wait for an acknowledgement
 _CARRY_CHUNK = 256
@@ -105,6 +108,16 @@ class EndpointSettings:
     peer_name: str = "peer"
     log_every: float = 60.0
     max_backlog: int = 10_000_000
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+
+
+@dataclass
+class Counters:
+    """What happened since start-up (Prometheus counters: they only grow)."""
+
+    sent: list[int] = field(default_factory=lambda: [0] * len(LANES))  # committed, by lane
+    received: list[int] = field(default_factory=lambda: [0] * len(LANES))
+    handshakes: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
 
 
 @dataclass
@@ -118,6 +131,7 @@ class Outputs:
     resets: list[int] = field(default_factory=list)
     status_line: str | None = None  # for systemd's STATUS=, when it changed
     inbox_grew: bool = False  # a commit delivered messages (wake inbox --follow)
+    alerts: list[Alert] = field(default_factory=list)  # for alert_command and the journal
 
 
 @dataclass
@@ -172,6 +186,8 @@ class Endpoint:
         self._delivered = [lane.delivered for lane in resume.peer_lanes]
         self.narrator = Narrator(settings.peer_name, tuple(p.url for p in paths),
                                  settings.log_every)
+        self.alert_policy = AlertPolicy(settings.peer_name, settings.alerts, now)
+        self.counters = Counters()
         self._batch = _Batch()
         self._committing: _Batch | None = None
         self._waiters: list[_Waiter] = []
@@ -240,6 +256,7 @@ class Endpoint:
         """A store job failed (disk full, I/O error): refuse, roll back, carry on."""
         self._note(Notice("store", CRIT, {"peer": self.settings.peer_name,
                                           "job": type(job).__name__, "error": error}))
+        self.alert_policy.on_store_error(error, now)
         if isinstance(job, Commit):
             self._on_commit_failed(error)
         elif isinstance(job, ReadOutgoing):
@@ -264,12 +281,23 @@ class Endpoint:
         self._out.packets.extend(self.link.packets_to_send(now))
         self._start_commit()
         self._heartbeat(now)
+        self._supervise(now)
         out, self._out = self._out, Outputs()
         return out
 
+    def _supervise(self, now: float) -> None:
+        """The alert policy (DESIGN §10): link state, its deadlines, what it raised."""
+        policy = self.alert_policy
+        policy.observe_link(any(p.up for p in self.link.paths), now)
+        timer = policy.get_timer()
+        if timer is not None and timer <= now:
+            policy.handle_timer(now)
+        self._out.alerts.extend(policy.alerts_to_send())
+
     def get_timer(self) -> float | None:
         """The next instant ``poll`` must run even if nothing arrives."""
-        deadlines = [self.link.get_timer(), self.narrator.next_heartbeat]
+        deadlines = [self.link.get_timer(), self.narrator.next_heartbeat,
+                     self.alert_policy.get_timer()]
         deadlines.extend(w.deadline for w in self._waiters)
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -386,9 +414,13 @@ class Endpoint:
         self.link.push(done.sent)
         for record in done.sent:
             self._durable[record.lane] = (record.seq, record.chain)
+            self.counters.sent[record.lane] += 1
         for token, ids in done.replies:
             self._reply(token, Stored(ids))
         self._out.inbox_grew = self._out.inbox_grew or bool(done.delivered)
+        for item in done.store.incoming:
+            if isinstance(item, InRecord):
+                self.counters.received[item.lane] += 1
         for (epoch, lane), upto in done.delivered.items():
             self.link.on_inbox_committed(epoch, lane, upto)
             if epoch == self.link.incoming[lane].epoch:
@@ -439,7 +471,18 @@ class Endpoint:
                     gap.epoch, gap.lane, gap.last + 1, "the sender no longer holds these"))
             elif isinstance(event, Forked):
                 self._on_fork(event, now)
+            self._watch(event, now)
             self._note(self.narrator.narrate(event, now))
+
+    def _watch(self, event: Event, now: float) -> None:
+        """What the alert policy and the counters learn from a Link event."""
+        if isinstance(event, HandshakeComplete):
+            self.counters.handshakes["ok"] += 1
+        elif isinstance(event, Dropped) and event.kind in AUTH_KINDS:
+            self.counters.handshakes["failed"] += event.kind == "HandshakeError"
+            self.alert_policy.on_auth_failure(f"{event.kind}: {event.reason}", now)
+        elif isinstance(event, NewEpoch) and event.old is not None:
+            self.alert_policy.on_epoch_changed(event.old.hex(), event.epoch.hex(), now)
 
     def _on_delivered(self, event: Delivered) -> None:
         for m in event.messages:

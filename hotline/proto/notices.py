@@ -38,7 +38,7 @@ from hotline.proto.status import LinkSnapshot
 
 CRIT, ERR, WARNING, NOTICE, INFO, DEBUG = 2, 3, 4, 5, 6, 7
 AUTH_LOG_EVERY = 10.0
-_AUTH_KINDS = ("AuthenticationError", "HandshakeError")
+AUTH_KINDS = ("AuthenticationError", "HandshakeError")
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class Narrator:
     def _dropped(self, event: Dropped, now: float) -> Notice | None:
         self.dropped[event.kind] = self.dropped.get(event.kind, 0) + 1
         url = self.urls[event.path_id]
-        if event.kind not in _AUTH_KINDS:
+        if event.kind not in AUTH_KINDS:
             return Notice("debug", DEBUG, {"peer": self.peer, "path": url,
                                            "dropped": event.kind, "reason": event.reason})
         key = f"{event.kind}: {event.reason}"

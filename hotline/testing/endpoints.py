@@ -29,6 +29,7 @@ from hotline.proto.link import LinkSettings, Outbound, PathSpec, Received
 from hotline.proto.notices import Notice
 from hotline.proto.records import Commit, InLane, OutLane, Resume, StoreJob
 from hotline.proto.requests import EndpointRequest, Outcome
+from hotline.proto.supervision import Alert
 from hotline.store import Store
 
 WALL0 = 1_750_000_000 * 10**9
@@ -63,6 +64,7 @@ class Node:
     paths: Sequence[PathSpec] = PATHS
     replies: dict[int, Outcome] = field(default_factory=dict)
     notices: list[Notice] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
     jobs: list[StoreJob] = field(default_factory=list)
     outbox: list[Outbound] = field(default_factory=list)  # packets not yet on the wire
     fail_commits: bool = False  # play a full disk: every commit raises
@@ -126,6 +128,7 @@ class Node:
             assert isinstance(token, int)
             self.replies[token] = outcome
         self.notices.extend(out.notices)
+        self.alerts.extend(out.alerts)
         self.jobs.extend(out.jobs)
         self.outbox.extend(out.packets)
 

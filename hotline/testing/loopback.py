@@ -108,6 +108,7 @@ class LoopbackPair:
         route: maps (dialling node name, scheme, target port) to the port it should dial;
             the identity by default. A fault proxy listens on the returned port.
         settings: extra top-level config keys (e.g. ``{"redundant": True}``).
+        node_settings: more keys for one node only, by name (``{"washington": {…}}``).
         host: ``127.0.0.1`` or ``::1``.
     """
 
@@ -118,10 +119,12 @@ class LoopbackPair:
         settings: dict[str, Any] | None = None,
         host: str = "127.0.0.1",
         log_format: str = "text",
+        node_settings: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.root = root
         self.route = route or (lambda _n, _s, port: port)
         self.settings = settings or {}
+        self.node_settings = node_settings or {}
         self.log_format = log_format
         self.nodes = [Node(n, root, host, free_port_pair(host)) for n in NAMES]
         (root / "keys").mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,8 @@ class LoopbackPair:
             f"listen = {json.dumps(node.listen_urls())}",
             f'state_dir = "state/{node.name}"',
         ]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in self.settings.items()]
+        settings = {**self.settings, **self.node_settings.get(node.name, {})}
+        lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
         lines += [
             "",
             "[peer]",
@@ -250,9 +254,11 @@ class ProxiedPair(LoopbackPair):
     """
 
     def __init__(self, root: Path, settings: dict[str, Any] | None = None,
-                 seed: int = 1, log_format: str = "text") -> None:
+                 seed: int = 1, log_format: str = "text",
+                 node_settings: dict[str, dict[str, Any]] | None = None) -> None:
         self._plan: list[dict[str, Any]] = []
-        super().__init__(root, route=self._route, settings=settings, log_format=log_format)
+        super().__init__(root, route=self._route, settings=settings, log_format=log_format,
+                         node_settings=node_settings)
         from hotline.testing.faultproxy import FaultProxyProcess
 
         self.proxy = FaultProxyProcess({"seed": seed, "proxies": self._plan})

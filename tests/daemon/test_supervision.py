@@ -15,6 +15,7 @@ from hotline.daemon.logs import Logger
 from hotline.daemon.metrics import MetricsSnapshot
 from hotline.daemon.supervision import PUBLISH_EVERY, Supervision
 from hotline.proto.identity import Identity
+from hotline.proto.supervision import Alert
 from hotline.testing.metrics import sample, scrape_metrics
 
 CONFIG = Config(
@@ -37,7 +38,7 @@ def alerts(events: list[dict[str, Any]]) -> list[str]:
     return [e["alert"] for e in events if e["event"] == "alert"]
 
 
-def test_turns_feed_the_policy_and_fire_its_alerts() -> None:
+def test_turns_fire_the_alerts_the_endpoint_raised() -> None:
     logger, events = recorder()
     sup = Supervision(CONFIG, logger, now=0.0)
     built: list[float] = []
@@ -46,15 +47,10 @@ def test_turns_feed_the_policy_and_fire_its_alerts() -> None:
         built.append(0)
         return MetricsSnapshot()
 
-    sup.after_turn(1.0, True, snapshot)
-    sup.after_turn(2.0, False, snapshot)  # down; a blip until 32
-    assert sup.get_timer() == 32.0
-    sup.after_turn(20.0, True, snapshot)
+    sup.after_turn(1.0, [], snapshot)
     assert alerts(events) == []
-    sup.after_turn(40.0, False, snapshot)
-    sup.after_turn(70.0, False, snapshot)  # the runner woke at get_timer() = 70
-    assert alerts(events) == ["link_down"]
-    sup.after_turn(75.0, True, snapshot)
+    sup.after_turn(2.0, [Alert("link_down", "moscow", "critical", "down")], snapshot)
+    sup.after_turn(3.0, [Alert("link_restored", "moscow", "notice", "up")], snapshot)
     assert alerts(events) == ["link_down", "link_restored"]
     assert built == []  # metrics off: no snapshot is ever built
 
@@ -70,7 +66,7 @@ def test_snapshots_are_built_at_most_every_publish_interval() -> None:
             built.append(now)
             return MetricsSnapshot()
 
-        sup.after_turn(now, True, snapshot)
+        sup.after_turn(now, [], snapshot)
     assert built == [0.0, PUBLISH_EVERY]
 
 
@@ -82,7 +78,9 @@ async def test_running_serves_metrics_and_runs_alert_commands(tmp_path: Path) ->
     sup = Supervision(config, logger, now=0.0)
     async with sup.running() as address:
         assert address is not None
-        sup.after_turn(31.0, False, lambda: MetricsSnapshot(last_heard_seconds=31.0))
+        raised = [Alert("link_down", "moscow", "critical", "link to moscow down")]
+        sup.after_turn(31.0, raised, lambda: MetricsSnapshot(
+            last_heard_seconds=31.0, alerts={"link_down": 1}))
         samples = (await trio.to_thread.run_sync(scrape_metrics, address))[1]
     # Leaving running() let the queued command finish.
     assert [json.loads(line)["event"] for line in out.read_text().splitlines()] == ["link_down"]

@@ -402,3 +402,31 @@ def test_endpoint_timer_is_always_in_the_future(pair: NodePair) -> None:
         assert deadline > now
         now = deadline
 
+
+
+# --- supervision (DESIGN §10): the endpoint owns the alert policy ---------------------
+
+
+def test_link_down_alert_only_after_alert_after_and_restored_after(tmp_path: Path) -> None:
+    from hotline.proto.supervision import AlertSettings
+
+    pair = NodePair(tmp_path, settings=EndpointSettings(
+        alerts=AlertSettings(alert_after=5.0, alert_every=60.0)))
+
+    def raised() -> list[str]:
+        return [a.event for a in pair.a.alerts]
+
+    pair.run(2.0)
+    assert raised() == []
+    pair.cut.update({0, 1})
+    pair.run(6.0)  # paths go down after 3 s; down for 3 s pages nobody
+    assert raised() == []
+    pair.run(6.0)
+    assert raised() == ["link_down"]
+    pair.cut.clear()
+    for path_id in (0, 1):
+        pair.a.endpoint.path_connected(path_id, pair.now)
+        pair.b.endpoint.path_connected(path_id, pair.now)
+    pair.run(3.0)
+    assert raised() == ["link_down", "link_restored"]
+    pair.close()
