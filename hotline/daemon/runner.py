@@ -158,7 +158,7 @@ class Runner:
                 if request is None:
                     continue  # nowhere to answer: the requester is unknown
                 transport.on_answered(request)  # the next handshake packet goes there
-            transport.send(packet.packet)
+            transport.send(packet.packet, packet.urgent)
         self._answering.clear()
         for path_id in out.resets:
             transport = self._transports.get(path_id)

@@ -65,8 +65,9 @@ class PathTransport(Protocol):
 
     path_id: int
 
-    def send(self, data: bytes) -> None:
-        """Queue one packet; never blocks; drops (and counts) when it cannot keep up."""
+    def send(self, data: bytes, urgent: bool = False) -> None:
+        """Queue one packet (``urgent``: ahead of ordinary ones); never blocks; drops (and
+        counts) when it cannot keep up."""
 
     def reset(self) -> None:
         """The link declared the path dead: drop its connections and start over."""

@@ -78,6 +78,8 @@ from hotline.transport.events import (
 
 RECEIVE_SIZE = 65536
 WRITE_BATCH_BYTES = 65536
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value
+NOTSENT_LOWAT = 16384
 # Requesters remembered for ``on_answered`` (the link answers in the same loop turn).
 _MAX_ANSWERS = 16
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -141,8 +143,13 @@ class TcpConn:
 
 
 def _set_nodelay(stream: trio.SocketStream) -> None:
+    """TCP_NODELAY (small, latency-sensitive packets) and a short unsent queue: the
+    kernel holds at most ``NOTSENT_LOWAT`` unsent bytes, so our own queue — where
+    urgent packets go first — is where packets wait (DESIGN §9 pre-emption)."""
     with contextlib.suppress(OSError):
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with contextlib.suppress(OSError):
+        stream.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
 
 
 def peer_address(stream: trio.SocketStream) -> Address | None:
@@ -205,6 +212,7 @@ class TcpPath:
         self._events = events
         # (packet, the requester it answers or None for "the write target").
         self._queue: deque[tuple[bytes, TcpConn | None]] = deque()
+        self._urgent: deque[tuple[bytes, TcpConn | None]] = deque()  # sent before _queue
         self._conns: list[TcpConn] = []  # every live connection, in the order they came
         self._answer_to: deque[tuple[TcpConn, float]] = deque(maxlen=_MAX_ANSWERS)
         self._trust_clock = 0
@@ -218,14 +226,15 @@ class TcpPath:
         """True while a usable connection (outbound, or authenticated inbound) is up."""
         return any(conn.usable for conn in self._conns)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, urgent: bool = False) -> None:
         """Queue one packet for sending; never blocks.
 
-        A handshake-plane packet (any type but a transport packet) answering an
-        ``on_answered`` packet goes to that packet's connection; everything else to the
-        write target (see the module header). Dropped and counted (not raised) when
-        there is nowhere to send it; when the queue is full the oldest queued packet is
-        dropped and counted.
+        An ``urgent`` packet (flash or immediate traffic, handshakes, heartbeats) goes
+        ahead of every queued ordinary one. A handshake-plane packet (any type but a
+        transport packet) answering an ``on_answered`` packet goes to that packet's
+        connection; everything else to the write target (see the module header).
+        Dropped and counted (not raised) when there is nowhere to send it; when the
+        queue is full the oldest queued ordinary packet is dropped and counted.
 
         Raises:
             LocalProtocolError: empty ``data`` or over TCP_MAX_PACKET.
@@ -236,10 +245,10 @@ class TcpPath:
         if requester is None and self._target() is None:
             self.stats.dropped_not_connected += 1
             return
-        if len(self._queue) >= self.queue_limit:
-            self._queue.popleft()
+        if len(self._queue) + len(self._urgent) >= self.queue_limit:
+            (self._queue or self._urgent).popleft()
             self.stats.dropped_queue_full += 1
-        self._queue.append((data, requester))
+        (self._urgent if urgent else self._queue).append((data, requester))
         self._wake.set()
 
     def on_authenticated(self, packet: PacketIn) -> None:
@@ -404,6 +413,7 @@ class TcpPath:
             return
         self._announced = False
         self._queue.clear()
+        self._urgent.clear()
         await self._emit(PathDisconnected(self.path_id, reason))
 
     async def _emit(self, event: TransportEvent) -> None:
@@ -429,20 +439,23 @@ class TcpPath:
         return self._target()
 
     def _take_batch(self) -> tuple[TcpConn | None, list[bytes]]:
-        """Queued packets with one destination (up to WRITE_BATCH_BYTES), and it."""
+        """Queued packets with one destination (up to WRITE_BATCH_BYTES), and it;
+        urgent ones first."""
+        queue = self._urgent or self._queue
         conn = None
-        while self._queue and conn is None:
-            conn = self._destination(self._queue[0][1])
+        while queue and conn is None:
+            conn = self._destination(queue[0][1])
             if conn is None:
-                self._queue.popleft()
+                queue.popleft()
                 self.stats.dropped_not_connected += 1
+                queue = self._urgent or self._queue
         batch: list[bytes] = []
         size = 0
-        while self._queue and size < WRITE_BATCH_BYTES:
-            packet, requester = self._queue[0]
+        while queue and size < WRITE_BATCH_BYTES:
+            packet, requester = queue[0]
             if self._destination(requester) is not conn:
                 break
-            self._queue.popleft()
+            queue.popleft()
             if requester is not None:
                 self.stats.answers_sent += 1
             batch.append(packet)

@@ -114,8 +114,9 @@ class UdpPath:
         self.path_id = path_id
         self._endpoint = endpoint
 
-    def send(self, data: bytes) -> None:
-        """Send one packet as one datagram; never blocks (see ``UdpEndpoint.send``)."""
+    def send(self, data: bytes, urgent: bool = False) -> None:
+        """Send one packet as one datagram at once (so ``urgent`` changes nothing);
+        never blocks (see ``UdpEndpoint.send``)."""
         self._endpoint.send(self.path_id, data)
 
     def reset(self) -> None:

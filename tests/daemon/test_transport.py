@@ -284,6 +284,26 @@ async def test_tcp_writes_only_to_the_most_recently_authenticated_else_outbound(
         nursery.cancel_scope.cancel()
 
 
+async def test_tcp_urgent_packets_go_ahead_of_queued_ordinary_ones():
+    """DESIGN §9: a FLASH never waits behind bytes queued toward the socket."""
+    (peer_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    peer_port = peer_listener.socket.getsockname()[1]
+    async with trio.open_nursery() as nursery, tcp_side(
+        nursery, "127.0.0.1", target_port=peer_port
+    ) as side:
+        dialled = await peer_listener.accept()
+        await next_event(side.rx, PathConnected)
+        for i in range(5):  # queued in one turn, before the writer runs
+            side.path.send(b"\x03routine %d" % i)
+        side.path.send(b"\x03FLASH", urgent=True)
+        frames = await read_frames(dialled, 6)
+        assert frames[0] == b"\x03FLASH"
+        assert frames[1:] == [b"\x03routine %d" % i for i in range(5)]
+        await dialled.aclose()
+        await peer_listener.aclose()
+        nursery.cancel_scope.cancel()
+
+
 async def test_tcp_answer_goes_back_on_the_requesting_connection_once():
     async with trio.open_nursery() as nursery, tcp_side(nursery, "127.0.0.1") as side:
         requester = await trio.open_tcp_stream("127.0.0.1", side.port)
