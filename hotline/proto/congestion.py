@@ -94,6 +94,13 @@ class Pacer:
             self._refill(now)
             self._tokens -= size
 
+    def available(self, now: float) -> float:
+        """Bytes that may leave now without waiting (``inf`` when not pacing)."""
+        if self.rate is None:
+            return float("inf")
+        self._refill(now)
+        return max(self._tokens, 0.0)
+
     def next_send_time(self, now: float) -> float | None:
         """None if a packet may leave now, else the time from which it may."""
         if self.rate is None:

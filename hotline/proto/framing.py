@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from hotline.errors import DecodeError, LimitError, LocalProtocolError
 from hotline.proto.packet import TCP_MAX_PACKET
@@ -49,6 +50,7 @@ MAX_FRAGMENTS = 0xFFFF
 MIN_CHUNK = 64
 """Smallest chunk of a non-last fragment: keeps per-fragment bookkeeping small."""
 
+T = TypeVar("T")
 _LENGTH = struct.Struct(">I")
 _FRAGMENT = struct.Struct(">BIHH")
 _ITEM = struct.Struct(">H")
@@ -169,22 +171,38 @@ def pack_frames(frames: list[bytes], max_plaintext: int, next_frag_id: int) -> t
     Returns:
         (plaintexts, the next unused fragment id).
     """
-    out: list[bytes] = []
+    packed, next_frag_id = pack_tagged([(frame, None) for frame in frames], max_plaintext,
+                                       next_frag_id)
+    return [plaintext for plaintext, _ in packed], next_frag_id
+
+
+def pack_tagged(frames: list[tuple[bytes, T]], max_plaintext: int, next_frag_id: int
+                ) -> tuple[list[tuple[bytes, list[T]]], int]:
+    """``pack_frames``, keeping track of which frames each plaintext carries: every frame
+    comes with a tag, every plaintext with the tags of its frames (a fragment carries
+    its frame's tag). The link uses it to know which messages a packet carried.
+
+    Returns:
+        ([(plaintext, tags)], the next unused fragment id).
+    """
+    out: list[tuple[bytes, list[T]]] = []
     bundle: list[bytes] = []
+    tags: list[T] = []
     size = 1
-    for frame in frames:
+    for frame, tag in frames:
         item = BUNDLE_ITEM_HEADER_LEN + len(frame)
         if bundle and size + item > max_plaintext:
-            out.append(_close_bundle(bundle))
-            bundle, size = [], 1
+            out.append((_close_bundle(bundle), tags))
+            bundle, tags, size = [], [], 1
         if 1 + item <= max_plaintext and len(frame) <= 0xFFFF:
             bundle.append(frame)
+            tags.append(tag)
             size += item
             continue
-        out.extend(split_frame(frame, max_plaintext, next_frag_id))
+        out.extend((part, [tag]) for part in split_frame(frame, max_plaintext, next_frag_id))
         next_frag_id = (next_frag_id + 1) & 0xFFFFFFFF
     if bundle:
-        out.append(_close_bundle(bundle))
+        out.append((_close_bundle(bundle), tags))
     return out, next_frag_id
 
 

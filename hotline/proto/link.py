@@ -20,6 +20,12 @@ lane's window or retransmissions; packets carrying flash or immediate frames are
 marked ``urgent`` for the transport (sent ahead of queued routine packets), and
 FLASH goes on every up path.
 
+Congestion control (RFC 9002, ``recovery.py``): every UDP path has a ``PathRecovery``.
+DATA is handed to a UDP path only as far as its congestion window and pacer allow
+(lanes still served highest first), each packet's messages are recorded, ACKs feed
+its loss detection, and what it declares lost is resent at once. A path that becomes
+primary starts afresh. TCP paths need none of it: the kernel's TCP does it.
+
 Inside a transport packet the plaintext is a whole link frame, a bundle of small
 frames, or a fragment (framing.py); frames are HELLO, DATA, ACK, RECEIPT, PING, PONG
 and KEEPALIVE (frames.py). After every handshake both ends send HELLO so the other
@@ -75,7 +81,7 @@ from hotline.proto.frames import (
     decode_frame_untrusted,
     encode_frame,
 )
-from hotline.proto.framing import TAG_BUNDLE, Reassembler, pack_frames, unbundle_untrusted
+from hotline.proto.framing import TAG_BUNDLE, Reassembler, pack_tagged, unbundle_untrusted
 from hotline.proto.guard import Source
 from hotline.proto.heartbeat import PathHealth, make_pong
 from hotline.proto.identity import Identity, PublicKey
@@ -92,12 +98,16 @@ from hotline.proto.packet import (
     packet_type_untrusted,
 )
 from hotline.proto.records import OutRecord, Resume
+from hotline.proto.recovery import Outcome, PathRecovery, data_key, split_key
 from hotline.proto.sessions import SessionManager
 
 _AEAD_TAG = 16
 # Data frames handed out per pump, so one turn cannot build an unbounded burst.
 _MAX_DATA_PER_PUMP = 512
 _URGENT_LANES = (FLASH, IMMEDIATE)
+# A DATA frame's bytes on the wire beyond its envelope and signature: msgpack framing,
+# the bundle item header, the transport header and AEAD tag (shared, counted per frame).
+_DATA_OVERHEAD = 48
 
 
 class Received(enum.Enum):
@@ -198,11 +208,16 @@ class Link:
         self._reassembler = Reassembler(settings.max_message + 4096)
         self._frag_id = 0
         self._out: list[Outbound] = []
-        self._frames: dict[tuple[int, bool], list[bytes]] = {}  # (path, urgent) -> frames
+        # (path, urgent) -> [(encoded frame, data_key of a DATA or None)], this turn
+        self._frames: dict[tuple[int, bool], list[tuple[bytes, int | None]]] = {}
+        self._recovery = {i: PathRecovery(now=now) for i, p in enumerate(self.specs)
+                          if p.scheme == "udp"}
         self._events: list[Event] = []
         self.primary: int | None = None
         self._wall_base_ns = wall_ns - int(now * 1e9)
         self._attempts = 0
+        self._last_pump = now
+        self._cc_budget: dict[int, float] = {}
         # Our HELLO is repeated every heartbeat until an ACK for our epoch shows that
         # the peer has it (a lost HELLO would otherwise stall a new epoch until rekey).
         self._hello_due_at: float | None = None
@@ -292,6 +307,10 @@ class Link:
         self.sessions.expire(now)
         for stream in self.outgoing:
             stream.handle_timer(now)
+        for recovery in self._recovery.values():
+            timer = recovery.get_timer()
+            if timer is not None and timer <= now:
+                self._resend(recovery.handle_timer(now))
         connected = [p.path_id for p in self.paths if p.connected]
         if self.sessions.wants_initiation(now) and connected:
             # One path per attempt (a copy on a second path would only be refused as
@@ -306,7 +325,7 @@ class Link:
     def packets_to_send(self, now: float) -> list[Outbound]:
         """Everything to transmit now."""
         self._pump(now)
-        self._pack()
+        self._pack(now)
         out, self._out = self._out, []
         return out
 
@@ -326,8 +345,10 @@ class Link:
         deadlines = [p.get_timer(sending) for p in self.paths]
         deadlines.append(self.sessions.get_timer(any(p.connected for p in self.paths)))
         deadlines.extend(stream.get_timer() for stream in self.outgoing)
+        deadlines.extend(r.get_timer() for r in self._recovery.values())
         if sending and self._data_paths():
             deadlines.append(self._hello_due_at)
+            deadlines.append(self._paced_until())
         return min((d for d in deadlines if d is not None), default=None)
 
     def wall_ns(self, now: float) -> int:
@@ -451,6 +472,15 @@ class Link:
         if ack.epoch == self.epoch:
             self._hello_due_at = None
         self._ack_outcome(ack.lane, self.outgoing[ack.lane].on_ack(ack, now))
+        if ack.epoch == self.epoch:
+            for recovery in self._recovery.values():
+                self._resend(recovery.on_ack(ack.upto, ack.ranges, now, ack.lane))
+
+    def _resend(self, outcome: Outcome) -> None:
+        """Messages a path's loss detection declared lost go out again at once."""
+        for key in outcome.resend:
+            lane, seq = split_key(key)
+            self.outgoing[lane].resend(seq)
 
     def _ack_outcome(self, lane: int, outcome: AckOutcome) -> None:
         epoch = self.epoch
@@ -515,6 +545,8 @@ class Link:
             self._hello_due_at = now + self.settings.heartbeat
             self._send_frame(self._hello(), targets, urgent=True)
         budget = _MAX_DATA_PER_PUMP
+        self._last_pump = now
+        self._cc_budget = {p: r.sendable(now) for p, r in self._recovery.items()}
         for lane in LANES:  # strict precedence: highest lane first
             budget -= self._pump_lane(lane, now, targets, budget)
 
@@ -529,30 +561,61 @@ class Link:
         if receipt is not None and incoming.epoch is not None:
             self._send_frame(self._receipt(incoming.epoch, lane, *receipt), targets, urgent)
         paths = self._every_up_path(targets) if lane == FLASH else targets
-        frames = self.outgoing[lane].frames_to_send(now, None if urgent else max(budget, 0))
-        for data in frames:
-            self._send_frame(data, paths, urgent)
-        return len(frames)
+        stream = self.outgoing[lane]
+        cc = [p for p in paths if p in self._recovery]
+        if not cc:
+            frames = stream.numbered_frames_to_send(now, None if urgent else max(budget, 0))
+            for seq, data in frames:
+                self._send_frame(data, paths, urgent, data_key(lane, seq))
+            return len(frames)
+        sent = 0
+        while (urgent or sent < budget) and (size := stream.next_frame_size()) is not None:
+            if any(self._cc_budget[p] < size + _DATA_OVERHEAD
+                   and not (self._recovery[p].idle and sent == 0) for p in cc):
+                break  # the window or the pacer of a congestion-controlled path is full
+                # (an idle path always takes one message: it may be larger than a window)
+            for p in cc:
+                self._cc_budget[p] -= size + _DATA_OVERHEAD
+            [(seq, data)] = stream.numbered_frames_to_send(now, 1)
+            self._send_frame(data, paths, urgent, data_key(lane, seq))
+            sent += 1
+        return sent
 
-    def _send_frame(self, frame: Frame, path_ids: Sequence[int], urgent: bool) -> None:
-        """Queue a frame for these paths; ``_pack`` seals this turn's frames together."""
+    def _paced_until(self) -> float | None:
+        """When a pacer lets due DATA go (None: nothing due is waiting for a pacer)."""
+        if not any(stream.has_due() for stream in self.outgoing):
+            return None
+        times = [self._recovery[p].next_send_time(self._last_pump)
+                 for p in self._data_paths() if p in self._recovery]
+        return min((t for t in times if t is not None), default=None)
+
+    def _send_frame(self, frame: Frame, path_ids: Sequence[int], urgent: bool,
+                    key: int | None = None) -> None:
+        """Queue a frame for these paths; ``_pack`` seals this turn's frames together.
+        ``key``: the ``data_key`` of a DATA frame (for congestion control)."""
         if not self.sessions.can_send():
             return
         encoded = encode_frame(frame)
         for path_id in path_ids:
-            self._frames.setdefault((path_id, urgent), []).append(encoded)
+            self._frames.setdefault((path_id, urgent), []).append((encoded, key))
 
-    def _pack(self) -> None:
+    def _pack(self, now: float) -> None:
         """Seal the queued frames, bundled per path into as few packets as fit; urgent
-        frames travel in packets of their own, ahead of the rest."""
+        frames travel in packets of their own, ahead of the rest. A packet carrying
+        DATA on a congestion-controlled path is recorded there."""
         if not self._frames or not self.sessions.can_send():
             self._frames.clear()
             return
         for (path_id, urgent), frames in sorted(self._frames.items(), key=lambda kv: not kv[0][1]):
-            plaintexts, self._frag_id = pack_frames(
-                frames, self.specs[path_id].max_plaintext, self._frag_id
-            )
-            self._out.extend(Outbound(path_id, self.sessions.seal(p), urgent) for p in plaintexts)
+            packed, self._frag_id = pack_tagged(frames, self.specs[path_id].max_plaintext,
+                                                self._frag_id)
+            recovery = self._recovery.get(path_id)
+            for plaintext, keys in packed:
+                packet = self.sessions.seal(plaintext)
+                self._out.append(Outbound(path_id, packet, urgent))
+                data = [k for k in keys if k is not None]
+                if recovery is not None and data:
+                    recovery.on_packet_sent(len(packet), data, now)
         self._frames.clear()
 
     def _data_paths(self, fallback: int | None = None) -> list[int]:
@@ -582,6 +645,9 @@ class Link:
             )
         )
         if new is not None:
+            recovery = self._recovery.get(new)
+            if recovery is not None:  # a new primary starts from scratch (RFC 9002)
+                recovery.reset(now, self.paths[new].rtt.srtt)
             for stream in self.outgoing:
                 stream.on_path_change(now)
 
@@ -598,3 +664,4 @@ class Link:
     def _receipt(self, epoch: bytes, lane: int, upto: int, chain: bytes) -> Receipt:
         raw = encode_receipt(self._their.raw, self._our.public.raw, epoch, lane, upto, chain)
         return Receipt(raw, sign_receipt(self._our, raw))
+

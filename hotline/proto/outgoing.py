@@ -182,6 +182,16 @@ class OutgoingStream:
         """Whether ``frames_to_send`` would return something now."""
         return bool(self._retx) or self._can_send_new()
 
+    def next_frame_size(self) -> int | None:
+        """Bytes of envelope and signature of the frame ``frames_to_send`` gives next."""
+        if self._retx:
+            frame = self._msgs[min(self._retx)].frame
+        elif self._can_send_new():
+            frame = self._msgs[self._next_new].frame
+        else:
+            return None
+        return len(frame.raw) + len(frame.sig)
+
     # --- inputs -------------------------------------------------------------------
 
     def push(self, record: OutRecord) -> None:
@@ -252,6 +262,14 @@ class OutgoingStream:
         self._advance(upto, pending.chain)
         return Advanced(upto, pending.chain)
 
+    def resend(self, seq: int) -> None:
+        """The path's loss detection says ``seq`` was lost: send it again now (unless it
+        is acknowledged or already due)."""
+        if seq in self._timers and seq not in self._sacked:
+            del self._timers[seq]
+            self._msgs[seq].retransmitted = True
+            self._retx.add(seq)
+
     def on_path_change(self, now: float) -> None:
         """A new primary path (failover, or a fresh session): resend all unacked at once."""
         self._all_due()
@@ -284,15 +302,20 @@ class OutgoingStream:
         Call after every input and after ``handle_timer``; if it returned ``limit``
         frames, more may be due (``has_due``).
         """
+        return [frame for _seq, frame in self.numbered_frames_to_send(now, limit)]
+
+    def numbered_frames_to_send(self, now: float, limit: int | None = None
+                                ) -> list[tuple[int, Data]]:
+        """``frames_to_send`` with each frame's seq."""
         cap = len(self._msgs) if limit is None else limit
-        out: list[Data] = []
+        out: list[tuple[int, Data]] = []
         if self._retx:
             for seq in sorted(self._retx)[:cap]:
-                out.append(self._send(seq, now))
+                out.append((seq, self._send(seq, now)))
         while len(out) < cap and self._can_send_new():
             seq = self._next_new
             self._next_new += 1
-            out.append(self._send(seq, now))
+            out.append((seq, self._send(seq, now)))
         return out
 
     def get_timer(self) -> float | None:

@@ -26,6 +26,9 @@
 #     with no packet sent between them acknowledged, after the first RTT sample.
 #   * ``resend`` in an outcome: seqs of lost packets that no acknowledgement covers
 #     and no packet still in flight carries: what to retransmit.
+#   * Lanes: seqs are per precedence lane, so a packet's DATA are recorded by
+#     ``data_key(lane, seq)`` (the lane in the high bits: each lane's keys are one
+#     sorted stretch) and an ACK frame names its lane (``on_ack(..., lane=)``).
 # ``PathRecovery`` wires an ``RttEstimator``, a ``LossDetector`` and a ``NewReno`` together
 # for the link: one per path, replaced by a fresh one (``reset``) on failover.
 """Per-path RTT estimation, loss detection (RFC 9002) and the link's congestion API."""
@@ -47,6 +50,17 @@ INITIAL_RTT = 0.333  # §6.2.2
 MAX_ACK_DELAY = 0.025  # §6.2.1 (QUIC's default max_ack_delay)
 PERSISTENT_CONGESTION_THRESHOLD = 3  # §7.6.1
 _MAX_PTO_BACKOFF = 6  # 2^6 x PTO at most
+_LANE_SHIFT = 63  # seqs are below 2^63
+
+
+def data_key(lane: int, seq: int) -> int:
+    """The key a DATA of ``lane``/``seq`` is recorded under (``split_key`` undoes it)."""
+    return lane << _LANE_SHIFT | seq
+
+
+def split_key(key: int) -> tuple[int, int]:
+    """``(lane, seq)`` of a ``data_key``."""
+    return key >> _LANE_SHIFT, key & ((1 << _LANE_SHIFT) - 1)
 
 
 class RttEstimator:
@@ -125,7 +139,7 @@ class LossDetector:
         self._acked_numbers: list[int] = []  # sorted, none older than the oldest in flight
         self._next_number = 0
         self._largest_acked = -1
-        self._highest_seq_sent: int | None = None
+        self._highest_sent: dict[int, int] = {}  # lane -> highest key sent
         self._last_sent_time: float | None = None
         self._loss_time: float | None = None
 
@@ -144,12 +158,14 @@ class LossDetector:
         if not seqs or size <= 0:
             raise LocalProtocolError("a recorded packet carries DATA and has a size")
         unique = tuple(sorted(set(seqs)))
-        highest = self._highest_seq_sent
-        packet = SentPacket(self._next_number, size, now, unique,
-                            retransmission=highest is not None and unique[0] <= highest,
+        highest = self._highest_sent
+        again = any(key <= highest.get(key >> _LANE_SHIFT, -1) for key in unique)
+        packet = SentPacket(self._next_number, size, now, unique, retransmission=again,
                             unacked=len(unique))
         self._next_number += 1
-        self._highest_seq_sent = unique[-1] if highest is None else max(highest, unique[-1])
+        for key in unique:
+            lane = key >> _LANE_SHIFT
+            highest[lane] = max(highest.get(lane, key), key)
         self._packets[packet.number] = packet
         for seq in unique:
             carriers = self._carriers.get(seq)
@@ -161,14 +177,16 @@ class LossDetector:
         self._last_sent_time = now
         return packet
 
-    def on_ack(self, upto: int, ranges: Sequence[tuple[int, int]], now: float) -> Outcome:
-        """An ACK frame: every seq <= ``upto`` and in the ``[lo, hi]`` ranges is held.
+    def on_ack(self, upto: int, ranges: Sequence[tuple[int, int]], now: float,
+               lane: int = 0) -> Outcome:
+        """An ACK frame of ``lane``: every seq <= ``upto`` and in the ``[lo, hi]``
+        ranges is held.
 
         Returns:
             The packets it acknowledged, those now declared lost, what to resend,
             and the RTT sample it gave (already fed to the estimator).
         """
-        acked = self._acknowledge(self._covered(upto, ranges))
+        acked = self._acknowledge(self._covered(upto, ranges, lane))
         if not acked:
             return Outcome()
         self.pto_count = 0
@@ -200,18 +218,31 @@ class LossDetector:
         if self._loss_time is not None:
             return self._declare_lost(now)
         self.pto_count += 1
-        return Outcome(probe=True)
+        # Re-armed from now: if no probe can be sent, the next PTO still moves on.
+        self._last_sent_time = now
+        return Outcome(probe=True, resend=self._oldest_unacked())
+
+    def _oldest_unacked(self) -> tuple[int, ...]:
+        """The probe's content (RFC 9002 §6.2.4): the oldest message still in flight."""
+        for packet in self._packets.values():
+            for key in packet.seqs:
+                if key in self._carriers:
+                    return (key,)
+        return ()
 
     # --- acknowledgement ------------------------------------------------------------
 
-    def _covered(self, upto: int, ranges: Sequence[tuple[int, int]]) -> list[int]:
-        """Take the unacked seqs that the ACK covers out of ``_unacked_seqs``."""
+    def _covered(self, upto: int, ranges: Sequence[tuple[int, int]],
+                 lane: int) -> list[int]:
+        """Take the unacked keys of ``lane`` that the ACK covers out of ``_unacked_seqs``."""
         seqs = self._unacked_seqs
-        cut = bisect.bisect_right(seqs, upto)
-        covered = seqs[:cut]
-        del seqs[:cut]
+        base = data_key(lane, 0)
+        first, cut = bisect.bisect_left(seqs, base), bisect.bisect_right(seqs, base | upto)
+        covered = seqs[first:cut]
+        del seqs[first:cut]
         for lo, hi in ranges:
-            start, end = bisect.bisect_left(seqs, lo), bisect.bisect_right(seqs, hi)
+            start = bisect.bisect_left(seqs, base | lo)
+            end = bisect.bisect_right(seqs, base | hi)
             covered += seqs[start:end]
             del seqs[start:end]
         return covered
@@ -331,6 +362,17 @@ class PathRecovery:
         """True if a packet of ``size`` bytes fits in the congestion window."""
         return self.cc.can_send(size)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight on this path."""
+        return self.cc.bytes_in_flight == 0
+
+    def sendable(self, now: float) -> float:
+        """Bytes that may leave now: the free window, capped by the pacer's tokens; at
+        least one packet while a PTO probe is owed."""
+        free = min(self.cc.available_window(), self.cc.pacer.available(now))
+        return max(free, self.max_datagram_size) if self.probes_due else free
+
     def next_send_time(self, now: float) -> float | None:
         """None if the pacer lets a packet leave now, else when it will."""
         return self.cc.next_send_time(now)
@@ -341,9 +383,10 @@ class PathRecovery:
         self.cc.on_packet_sent(size, now)
         self.probes_due = max(0, self.probes_due - 1)
 
-    def on_ack(self, upto: int, ranges: Sequence[tuple[int, int]], now: float) -> Outcome:
-        """An ACK frame arrived on any path for this path's packets."""
-        return self._apply(self.detector.on_ack(upto, ranges, now), now)
+    def on_ack(self, upto: int, ranges: Sequence[tuple[int, int]], now: float,
+               lane: int = 0) -> Outcome:
+        """An ACK frame of ``lane`` arrived on any path for this path's packets."""
+        return self._apply(self.detector.on_ack(upto, ranges, now, lane), now)
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must run (None: nothing in flight)."""

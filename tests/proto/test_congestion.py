@@ -229,8 +229,11 @@ def test_probe_timeout_fires_and_backs_off() -> None:
     pto = rtt.probe_timeout(0.025)
     assert detector.get_timer() == pytest.approx(1.0 + pto)
     assert detector.handle_timer(1.0).probe is False
-    assert detector.handle_timer(1.0 + pto).probe is True
-    assert detector.get_timer() == pytest.approx(1.0 + 2 * pto)
+    fired = detector.handle_timer(1.0 + pto)
+    assert fired.probe is True
+    assert fired.resend == (1,)  # the probe carries the oldest message in flight
+    # re-armed from the firing (where the probe leaves), with the backoff doubled
+    assert detector.get_timer() == pytest.approx(1.0 + pto + 2 * pto)
     assert detector.on_ack(1, [], 1.5).acked
     assert detector.pto_count == 0
 
