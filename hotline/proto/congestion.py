@@ -116,6 +116,10 @@ class Pacer:
             self._updated = now
 
 
+QUEUE_DELAY_TARGET = 1.0  # queueing delay, as a fraction of the base RTT, that is congestion
+QUEUE_DELAY_FLOOR = 0.005  # seconds: below this, jitter, not a queue
+
+
 class NewReno:
     """RFC 9002 NewReno congestion controller of one path, with its pacer.
 
@@ -184,6 +188,27 @@ class NewReno:
         """The path's smoothed RTT changed: re-derive the pacing rate."""
         self._smoothed_rtt = smoothed_rtt
         self._update_pacing(now)
+
+    def on_delay(self, latest_rtt: float, min_rtt: float, now: float) -> None:
+        """A fresh RTT sample against the path's minimum (delay-based ceiling).
+
+        Loss-based NewReno fills a bottleneck's buffer before it backs off, and on a
+        thin backup circuit a full buffer is seconds of queue that a FLASH would wait
+        behind. So queueing delay is a congestion signal too (as in LEDBAT/Vegas): once
+        it passes ``QUEUE_DELAY_TARGET`` of the base RTT the window is brought back to
+        what fills the path without that queue; and slow start ends as soon as a queue
+        starts to form (an eighth of the base RTT, as HyStart++), before it overshoots.
+        """
+        queued = latest_rtt - min_rtt
+        if self.in_slow_start and queued > max(min_rtt / 8, QUEUE_DELAY_FLOOR):
+            self.ssthresh = self.cwnd  # a queue is forming: leave slow start (HyStart)
+        if queued <= max(QUEUE_DELAY_TARGET * min_rtt, QUEUE_DELAY_FLOOR):
+            return
+        ceiling = int(self.bytes_in_flight * (1 + QUEUE_DELAY_TARGET) * min_rtt / latest_rtt)
+        if ceiling < self.cwnd:
+            self.cwnd = max(ceiling, self.minimum_window)
+            self._avoidance_credit = 0
+            self._update_pacing(now)
 
     def on_packets_acked(self, packets: Iterable[Sent], now: float) -> None:
         """These packets were acknowledged: take them out of flight, grow the window."""

@@ -173,36 +173,38 @@ def pack_frames(frames: list[bytes], max_plaintext: int, next_frag_id: int) -> t
     """
     packed, next_frag_id = pack_tagged([(frame, None) for frame in frames], max_plaintext,
                                        next_frag_id)
-    return [plaintext for plaintext, _ in packed], next_frag_id
+    return [plaintext for group, _ in packed for plaintext in group], next_frag_id
 
 
 def pack_tagged(frames: list[tuple[bytes, T]], max_plaintext: int, next_frag_id: int
-                ) -> tuple[list[tuple[bytes, list[T]]], int]:
-    """``pack_frames``, keeping track of which frames each plaintext carries: every frame
-    comes with a tag, every plaintext with the tags of its frames (a fragment carries
-    its frame's tag). The link uses it to know which messages a packet carried.
+                ) -> tuple[list[tuple[list[bytes], list[T]]], int]:
+    """``pack_frames``, keeping track of which frames the plaintexts carry: every frame
+    comes with a tag; the result is groups of plaintexts — a bundle or whole frame
+    alone, or ALL the fragments of one frame — each with the tags of its frames. The
+    link uses it to know which messages a packet (or a fragmented message's packets,
+    which arrive all or none) carried.
 
     Returns:
-        ([(plaintext, tags)], the next unused fragment id).
+        ([(plaintexts, tags)], the next unused fragment id).
     """
-    out: list[tuple[bytes, list[T]]] = []
+    out: list[tuple[list[bytes], list[T]]] = []
     bundle: list[bytes] = []
     tags: list[T] = []
     size = 1
     for frame, tag in frames:
         item = BUNDLE_ITEM_HEADER_LEN + len(frame)
         if bundle and size + item > max_plaintext:
-            out.append((_close_bundle(bundle), tags))
+            out.append(([_close_bundle(bundle)], tags))
             bundle, tags, size = [], [], 1
         if 1 + item <= max_plaintext and len(frame) <= 0xFFFF:
             bundle.append(frame)
             tags.append(tag)
             size += item
             continue
-        out.extend((part, [tag]) for part in split_frame(frame, max_plaintext, next_frag_id))
+        out.append((split_frame(frame, max_plaintext, next_frag_id), [tag]))
         next_frag_id = (next_frag_id + 1) & 0xFFFFFFFF
     if bundle:
-        out.append((_close_bundle(bundle), tags))
+        out.append(([_close_bundle(bundle)], tags))
     return out, next_frag_id
 
 

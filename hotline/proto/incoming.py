@@ -282,12 +282,14 @@ class IncomingStream:
             accepted.append(self._accept(data, env))
 
     def _ranges(self) -> tuple[tuple[int, int], ...]:
+        """Runs of buffered seqs: the lowest ``MAX_RANGES - 1`` and the highest, so the
+        sender always learns the newest arrival (its loss detection counts on it)."""
         ranges: list[tuple[int, int]] = []
         for seq in sorted(self._buffer):
             if ranges and ranges[-1][1] + 1 == seq:
                 ranges[-1] = (ranges[-1][0], seq)
-            elif len(ranges) == MAX_RANGES:
-                break
             else:
                 ranges.append((seq, seq))
+        if len(ranges) > MAX_RANGES:
+            ranges = [*ranges[:MAX_RANGES - 1], ranges[-1]]
         return tuple(ranges)

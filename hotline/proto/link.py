@@ -108,6 +108,9 @@ _URGENT_LANES = (FLASH, IMMEDIATE)
 # A DATA frame's bytes on the wire beyond its envelope and signature: msgpack framing,
 # the bundle item header, the transport header and AEAD tag (shared, counted per frame).
 _DATA_OVERHEAD = 48
+# The streams' own retransmission timer while the data path does RFC 9002 loss
+# detection: a backstop only (queueing delay on a thin circuit must not fire it).
+_BACKSTOP_RTO = 2.0
 
 
 class Received(enum.Enum):
@@ -610,12 +613,12 @@ class Link:
             packed, self._frag_id = pack_tagged(frames, self.specs[path_id].max_plaintext,
                                                 self._frag_id)
             recovery = self._recovery.get(path_id)
-            for plaintext, keys in packed:
-                packet = self.sessions.seal(plaintext)
-                self._out.append(Outbound(path_id, packet, urgent))
+            for plaintexts, keys in packed:
+                packets = [self.sessions.seal(plaintext) for plaintext in plaintexts]
+                self._out.extend(Outbound(path_id, packet, urgent) for packet in packets)
                 data = [k for k in keys if k is not None]
-                if recovery is not None and data:
-                    recovery.on_packet_sent(len(packet), data, now)
+                if recovery is not None and data:  # a fragmented message: one record
+                    recovery.on_packet_sent(sum(map(len, packets)), data, now)
         self._frames.clear()
 
     def _data_paths(self, fallback: int | None = None) -> list[int]:
@@ -649,6 +652,7 @@ class Link:
             if recovery is not None:  # a new primary starts from scratch (RFC 9002)
                 recovery.reset(now, self.paths[new].rtt.srtt)
             for stream in self.outgoing:
+                stream.rto_floor = _BACKSTOP_RTO if recovery is not None else 0.0
                 stream.on_path_change(now)
 
     def _hello(self) -> Hello:

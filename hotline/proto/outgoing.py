@@ -145,6 +145,10 @@ class OutgoingStream:
         self._sacked: set[int] = set()
         self._pending_check: Position | None = None
         self._rtt = RttEstimator()
+        self.retransmissions = 0  # DATA frames handed out again (since start-up)
+        # Raised by the link while the data path has its own loss detection (RFC 9002):
+        # then this timer is only a backstop, not a second, jumpier loss detector.
+        self.rto_floor = 0.0
         self._load(loaded)
 
     # --- state --------------------------------------------------------------------
@@ -166,8 +170,8 @@ class OutgoingStream:
 
     @property
     def rto(self) -> float:
-        """Current retransmission timeout in seconds."""
-        return self._rtt.rto
+        """Current retransmission timeout in seconds (at least ``rto_floor``)."""
+        return max(self._rtt.rto, self.rto_floor)
 
     @property
     def srtt(self) -> float | None:
@@ -276,7 +280,7 @@ class OutgoingStream:
 
     def handle_timer(self, now: float) -> None:
         """Expire retransmission deadlines that are due (RFC 6298 §5.4-5.6)."""
-        rto = self._rtt.rto
+        rto = self.rto
         fired = False
         while self._timers:
             seq, sent_at = next(iter(self._timers.items()))
@@ -322,7 +326,7 @@ class OutgoingStream:
         """The earliest retransmission deadline, or None when nothing is in flight."""
         if not self._timers:
             return None
-        return next(iter(self._timers.values())) + self._rtt.rto
+        return next(iter(self._timers.values())) + self.rto
 
     # --- internals ----------------------------------------------------------------
 
@@ -370,6 +374,8 @@ class OutgoingStream:
         )
 
     def _send(self, seq: int, now: float) -> Data:
+        if seq in self._retx:
+            self.retransmissions += 1
         self._retx.discard(seq)
         self._timers.pop(seq, None)
         self._timers[seq] = now

@@ -343,9 +343,11 @@ class PathRecovery:
 
     def __init__(self, max_datagram_size: int = UDP_MAX_DATAGRAM,
                  initial_rtt: float | None = None,
-                 max_ack_delay: float = MAX_ACK_DELAY, now: float = 0.0) -> None:
+                 max_ack_delay: float = MAX_ACK_DELAY, now: float = 0.0,
+                 delay_ceiling: bool = True) -> None:
         self.max_datagram_size = max_datagram_size
         self.max_ack_delay = max_ack_delay
+        self.delay_ceiling = delay_ceiling  # NewReno.on_delay: keep bottleneck queues short
         self.reset(now, initial_rtt)
 
     def reset(self, now: float, initial_rtt: float | None = None) -> None:
@@ -403,6 +405,8 @@ class PathRecovery:
         """Feed an outcome to the controller in RFC 9002 order: RTT, losses, acks."""
         if outcome.rtt_sample is not None:
             self.cc.on_rtt_sample(self.rtt.smoothed, now)
+            if self.delay_ceiling:
+                self.cc.on_delay(self.rtt.latest, self.rtt.minimum, now)
         if outcome.lost:
             self.cc.on_packets_lost(outcome.lost, now)
         if outcome.persistent_congestion:

@@ -322,7 +322,9 @@ class Transfer:
     forward: Bottleneck[int]
     back: Bottleneck[tuple[int, tuple[tuple[int, int], ...]]]
     newest_run: bool = False
-    path: PathRecovery = field(default_factory=lambda: PathRecovery(max_datagram_size=PACKET))
+    # RFC 9002 NewReno alone (the link's delay ceiling is tested end to end in test_wan)
+    path: PathRecovery = field(default_factory=lambda: PathRecovery(
+        max_datagram_size=PACKET, delay_ceiling=False))
     now: float = 0.0
     next_new: int = 1
     acked_upto: int = 0
@@ -468,3 +470,18 @@ def test_failover_onto_a_new_path_restarts_congestion_control_and_recovers() -> 
     transfer.run(until=40.0)
     assert transfer.received_upto > delivered
     assert transfer.goodput(30.0, 40.0) >= 0.8 * 2e6
+
+
+def test_queueing_delay_ends_slow_start_and_caps_the_window() -> None:
+    cc = NewReno(MDS)
+    for _ in range(10):
+        cc.on_packet_sent(MDS, 0.0)
+    assert cc.in_slow_start
+    cc.on_delay(latest_rtt=0.100, min_rtt=0.100, now=0.1)  # no queue: nothing changes
+    assert cc.in_slow_start
+    assert cc.cwnd == cc.initial_window
+    cc.on_delay(latest_rtt=0.120, min_rtt=0.100, now=0.2)  # a queue forms: leave slow start
+    assert not cc.in_slow_start
+    assert cc.cwnd == cc.initial_window
+    cc.on_delay(latest_rtt=0.300, min_rtt=0.100, now=0.3)  # queue over a base RTT: cut
+    assert cc.cwnd == max(int(10 * MDS * 2 * 0.100 / 0.300), cc.minimum_window)
