@@ -258,8 +258,11 @@ class OutgoingStream:
 
     def on_chain(self, upto: int, stored: bytes | None) -> AckOutcome:
         """Our stored chain hash at ``upto`` (read after ``NeedChain``): finish the check."""
-        pending, self._pending_check = self._pending_check, None
-        if pending is None or pending.upto != upto or upto <= self.acked_upto:
+        pending = self._pending_check
+        if pending is None or pending.upto != upto:
+            return None  # an answer to an older question: the newest one still waits
+        self._pending_check = None
+        if upto <= self.acked_upto:
             return None
         if stored != pending.chain:
             return Fork(upto, self.head, f"the peer holds other bytes at seq {upto}")
@@ -333,11 +336,11 @@ class OutgoingStream:
     def _check(self, peer: Position) -> AckOutcome:
         """Compare the peer's position with our transcript (see the module header)."""
         upto = peer.upto
-        if upto > 0 and peer.chain == ZERO_HASH:
-            return None  # the receiver rejoined mid-way and does not know this chain yet
-        if upto > self.head:
+        if upto > self.head:  # zeros or not: more than we ever stored
             return Fork(upto, self.head, f"the peer holds seq {upto}, our store ends at "
                                          f"{self.head}")
+        if upto > 0 and peer.chain == ZERO_HASH:
+            return None  # the receiver rejoined mid-way and does not know this chain yet
         if upto < self.acked_upto:
             return None  # older than what it already told us: nothing to learn
         if upto == self.acked_upto:
@@ -355,10 +358,13 @@ class OutgoingStream:
         return len(self._msgs) < self.memory_limit and self._bytes + size <= self.memory_bytes
 
     def _load(self, records: Iterable[OutRecord]) -> None:
+        """Keep ``records`` in memory while there is room; the rest is read again later."""
         for record in records:
             if record.seq != self.loaded_upto + 1 or record.seq > self.head:
                 raise LocalProtocolError(
                     f"loaded seq {record.seq} does not follow {self.loaded_upto}")
+            if not self._has_room(len(record.raw)):
+                return
             self._keep(record)
 
     def _keep(self, record: OutRecord) -> None:

@@ -331,6 +331,7 @@ def test_a_rejoined_receiver_above_our_head_is_still_a_fork() -> None:
     hello = out.on_hello(receiver.position(), 0.0)
     assert isinstance(hello, Fork)
     assert (hello.peer_upto, hello.head) == (9, 5)
+    receiver.request_ack()  # as the Link does when our HELLO arrives
     first_ack = receiver.ack_due(0.0)
     assert first_ack is not None
     assert first_ack.chain == ZERO_HASH
@@ -535,8 +536,9 @@ def test_ranges_are_capped() -> None:
         assert give(inc, Data(record.raw, record.sig)) == []
     got = inc.ack_due(0.0)
     assert got is not None
-    assert len(got.ranges) == 32  # MAX_RANGES: the lowest ones, which matter first
-    assert (got.ranges[0], got.ranges[-1]) == ((2, 2), (64, 64))
+    assert len(got.ranges) == 32  # MAX_RANGES: the lowest 31, which matter first,
+    assert (got.ranges[0], got.ranges[-2]) == ((2, 2), (62, 62))
+    assert got.ranges[-1] == (68, 68)  # and the newest arrival (for loss detection)
 
 
 def test_reorder_limit_and_byte_cap() -> None:
