@@ -10,6 +10,16 @@ with ``tomllib`` into a frozen ``Config``:
   ``heartbeat > 0``, ``dead_after > heartbeat``, ``0 < rekey_after < 180`` (a session
   older than 180 s is refused, DESIGN §2), ``max_message`` in 1..1 MiB, at least one
   peer path, path URLs ``tcp://HOST:PORT`` / ``udp://HOST:PORT`` (IPv6 as ``[::1]``).
+* Operator acknowledgement (DESIGN §9): ``operator_ack`` lists precedences (``flash``,
+  ``immediate``, ``priority``, ``routine``; default flash and immediate);
+  ``operator_deadline`` is a table of seconds per precedence (default ``{flash = 600,
+  immediate = 1800}``, kept only for lanes in ``operator_ack``; setting one for a lane
+  not in ``operator_ack`` is an error).
+* Supervision (DESIGN §10): ``metrics = "HOST:PORT"`` (off when absent; port 0 picks a
+  free port, for tests); ``alert_command`` an argv list whose first element is an
+  absolute path (no shell, no $PATH search; ``[]`` = none); ``alert_every`` (300),
+  ``alert_after`` (30), ``drill_deadline`` (600) seconds above 0; ``drill_every``
+  (43200) seconds, 0 = off; ``drill_operator`` (false).
 * Relative paths (``key``, ``state_dir``, ``control``, a ``peer.key`` file) are
   relative to the config file's directory.
 * The identity key: ``$CREDENTIALS_DIRECTORY/identity`` when systemd handed it over
@@ -35,13 +45,14 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from hotline.errors import AccessDeniedError, ConfigError, KeyFileError
 from hotline.keyfile import load_public_key
 from hotline.proto.identity import PublicKey
+from hotline.proto.supervision import PRECEDENCES
 
 CONFIG_DIR = Path("/etc/hotline")
 RUNTIME_BASE = Path("/run/hotline")
@@ -53,7 +64,11 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _TOP_KEYS = {
     "key", "listen", "state_dir", "control", "heartbeat", "dead_after", "redundant",
     "log_every", "rekey_after", "max_message", "receipt_every", "max_backlog", "peer",
+    # DESIGN §9 and §10: operator acknowledgement and supervision
+    "operator_ack", "operator_deadline", "metrics", "alert_command", "alert_every",
+    "alert_after", "drill_every", "drill_operator", "drill_deadline",
 }
+DEFAULT_OPERATOR_DEADLINE: Mapping[str, float] = {"flash": 600.0, "immediate": 1800.0}
 _PEER_KEYS = {"name", "key", "paths"}
 
 
@@ -87,6 +102,18 @@ class Config:
     peer_name: str
     peer_key: PublicKey
     peer_paths: tuple[PathSpec, ...]
+    # DESIGN §9: lanes whose messages need the far operator's ack, and their deadlines
+    operator_ack: tuple[str, ...] = ("flash", "immediate")
+    operator_deadline: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_OPERATOR_DEADLINE))
+    # DESIGN §10: supervision
+    metrics: tuple[str, int] | None = None  # (host, port) for /metrics; None = off
+    alert_command: tuple[str, ...] = ()  # argv, no shell; () = journal lines only
+    alert_every: float = 300.0
+    alert_after: float = 30.0
+    drill_every: float = 43200.0  # 0 = no scheduled drills
+    drill_operator: bool = False
+    drill_deadline: float = 600.0
 
     @property
     def link(self) -> str:
@@ -233,6 +260,7 @@ class _Loader:
             raise self.fail(f"'dead_after' ({dead_after}) must be more than "
                             f"'heartbeat' ({heartbeat})")
         state_dir = self.state_dir()
+        operator_ack = self.operator_ack()
         return Config(
             path=self.path, key_path=self.key_path(), listen=self.listen(),
             state_dir=state_dir, control=self.control(state_dir), heartbeat=heartbeat,
@@ -242,7 +270,13 @@ class _Loader:
             max_message=self.max_message(), receipt_every=self.seconds("receipt_every", 1.0),
             max_backlog=self.integer("max_backlog", 100_000, 1, MAX_BACKLOG_LIMIT),
             peer_name=self.peer_name(peer), peer_key=self.peer_key(peer),
-            peer_paths=self.peer_paths(peer),
+            peer_paths=self.peer_paths(peer), operator_ack=operator_ack,
+            operator_deadline=self.operator_deadline(operator_ack), metrics=self.metrics(),
+            alert_command=self.alert_command(), alert_every=self.seconds("alert_every", 300.0),
+            alert_after=self.seconds("alert_after", 30.0),
+            drill_every=self.seconds("drill_every", 43200.0, zero_is_off=True),
+            drill_operator=self.boolean("drill_operator", False),
+            drill_deadline=self.seconds("drill_deadline", 600.0),
         )
 
     def check_keys(self, table: Mapping[str, Any], known: set[str], prefix: str) -> None:
@@ -252,13 +286,23 @@ class _Loader:
 
     # -- scalars --
 
-    def seconds(self, key: str, default: float, below: float | None = None) -> float:
-        value = self.data.get(key, default)
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value <= 0 or (below and value >= below):
-            limit = f" and less than {below:g}" if below else ""
-            raise self.fail(f"'{key}' must be a number of seconds above 0{limit}, not {value!r}")
-        return float(value)
+    def seconds(self, key: str, default: float, below: float | None = None, *,
+                zero_is_off: bool = False) -> float:
+        return self.seconds_value(key, self.data.get(key, default), below,
+                                  zero_is_off=zero_is_off)
+
+    def seconds_value(self, key: str, value: object, below: float | None = None, *,
+                      zero_is_off: bool = False) -> float:
+        low = "0 or more (0 = off)" if zero_is_off else "above 0"
+        limit = f" and less than {below:g}" if below else ""
+        problem = self.fail(f"'{key}' must be a number of seconds {low}{limit}, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise problem
+        seconds = float(value)
+        if (not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_is_off)
+                or (below and seconds >= below)):
+            raise problem
+        return seconds
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.data.get(key, default)
@@ -280,6 +324,59 @@ class _Loader:
         if not isinstance(value, str) or not value:
             raise self.fail(f"'{key}' must be a non-empty path string, not {value!r}")
         return self.base / Path(value).expanduser()
+
+    # -- operator acknowledgement (DESIGN §9) and supervision (DESIGN §10) --
+
+    def operator_ack(self) -> tuple[str, ...]:
+        value = self.data.get("operator_ack", ["flash", "immediate"])
+        if not isinstance(value, list) or not all(v in PRECEDENCES for v in value):
+            raise self.fail(f"'operator_ack' must be a list of precedences among "
+                            f"{', '.join(PRECEDENCES)}, not {value!r}")
+        if len(set(value)) != len(value):
+            raise self.fail("'operator_ack' lists the same precedence twice")
+        return tuple(p for p in PRECEDENCES if p in value)
+
+    def operator_deadline(self, ack: tuple[str, ...]) -> dict[str, float]:
+        if "operator_deadline" not in self.data:
+            return {lane: s for lane, s in DEFAULT_OPERATOR_DEADLINE.items() if lane in ack}
+        table = self.data["operator_deadline"]
+        if not isinstance(table, dict):
+            raise self.fail("'operator_deadline' must be a table of seconds per precedence, "
+                            "like {flash = 600, immediate = 1800}")
+        self.check_keys(table, set(PRECEDENCES), "operator_deadline.")
+        for lane in table:
+            if lane not in ack:
+                raise self.fail(f"'operator_deadline.{lane}' is set but '{lane}' is not in "
+                                "'operator_ack' (no operator acknowledges those messages)")
+        return {lane: self.seconds_value(f"operator_deadline.{lane}", table[lane])
+                for lane in PRECEDENCES if lane in table}
+
+    def metrics(self) -> tuple[str, int] | None:
+        value = self.data.get("metrics")
+        if value is None:
+            return None
+        bad = f"'metrics' must be \"HOST:PORT\" like \"127.0.0.1:9411\", not {value!r}"
+        if not isinstance(value, str):
+            raise self.fail(bad)
+        try:
+            host, port = _split_host_port(value, bad)
+        except ConfigError as err:
+            raise self.fail(str(err)) from err
+        if port > 65535:
+            raise self.fail(f"'metrics': port out of range in {value!r}")
+        return host, port
+
+    def alert_command(self) -> tuple[str, ...]:
+        value = self.data.get("alert_command", [])
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            raise self.fail("'alert_command' must be a list of strings (argv, no shell), like "
+                            '["/usr/local/bin/page", "--line", "x"]')
+        if any("\0" in a for a in value):
+            raise self.fail("'alert_command' holds a NUL character")
+        if value and not value[0].startswith("/"):
+            raise self.fail(f"'alert_command' must start with the program's absolute path, not "
+                            f"{value[0]!r} (there is no shell and no $PATH search)")
+        return tuple(value)
 
     # -- paths on disk --
 

@@ -101,6 +101,50 @@ def test_state_dir_from_systemd(site: Path) -> None:
     assert c.state_dir == Path("/var/lib/hotline/l")
 
 
+def test_supervision_defaults(site: Path) -> None:
+    """DESIGN §9/§10 keys: operator acks for flash and immediate, no metrics, no command."""
+    c = load_config(site / "link.toml", environ={})
+    assert c.operator_ack == ("flash", "immediate")
+    assert c.operator_deadline == {"flash": 600.0, "immediate": 1800.0}
+    assert (c.metrics, c.alert_command) == (None, ())
+    assert (c.alert_every, c.alert_after) == (300.0, 30.0)
+    assert (c.drill_every, c.drill_operator, c.drill_deadline) == (43200.0, False, 600.0)
+
+
+def test_supervision_keys(site: Path) -> None:
+    (site / "link.toml").write_text(_replace("dead_after = 2\n", """dead_after = 2
+metrics = "[::1]:9411"
+alert_command = ["/usr/local/bin/page-duty", "--line", "x y"]
+alert_every = 60
+alert_after = 0.5
+drill_every = 0
+drill_operator = true
+drill_deadline = 30
+operator_ack = ["routine", "flash"]
+operator_deadline = { routine = 86400, flash = 120.5 }
+"""))
+    c = load_config(site / "link.toml", environ={})
+    assert c.metrics == ("::1", 9411)
+    assert c.alert_command == ("/usr/local/bin/page-duty", "--line", "x y")
+    assert (c.alert_every, c.alert_after) == (60.0, 0.5)
+    assert (c.drill_every, c.drill_operator, c.drill_deadline) == (0.0, True, 30.0)
+    assert c.operator_ack == ("flash", "routine")  # in precedence order
+    assert c.operator_deadline == {"flash": 120.5, "routine": 86400.0}
+
+
+@pytest.mark.parametrize(("line", "attribute", "want"), [
+    ('metrics = "127.0.0.1:0"', "metrics", ("127.0.0.1", 0)),  # a free port, for tests
+    ('metrics = "localhost:9411"', "metrics", ("localhost", 9411)),
+    ("alert_command = []", "alert_command", ()),
+    # the default deadlines are kept only for the lanes that need an ack
+    ('operator_ack = ["immediate"]', "operator_deadline", {"immediate": 1800.0}),
+    ("operator_ack = []", "operator_deadline", {}),
+])
+def test_supervision_edge_values(site: Path, line: str, attribute: str, want: object) -> None:
+    (site / "link.toml").write_text(_replace("dead_after = 2\n", f"dead_after = 2\n{line}\n"))
+    assert getattr(load_config(site / "link.toml", environ={}), attribute) == want
+
+
 # --- every error: one line, the right exit code -------------------------------------------
 
 
@@ -149,6 +193,50 @@ BAD = [
     (_replace('key = "keys/theirs.pub"', 'key = "ssh-ed25519 !!!"'), "peer.key:"),
     (_replace('key = "keys/theirs.pub"', 'key = "keys/theirs"'), "is a private key"),
     (_replace("[peer]", "[peeer]"), "unknown key 'peeer'"),
+    (_replace("dead_after = 2", "dead_after = 2\nmetrics = \"9411\""),
+     "'metrics' must be \"HOST:PORT\""),
+    (_replace("dead_after = 2", "dead_after = 2\nmetrics = 9411"),
+     "'metrics' must be \"HOST:PORT\""),
+    (_replace("dead_after = 2", "dead_after = 2\nmetrics = \"::1:9411\""),
+     "in brackets"),
+    (_replace("dead_after = 2", "dead_after = 2\nmetrics = \"127.0.0.1:70000\""),
+     "'metrics': port out of range"),
+    (_replace("dead_after = 2", "dead_after = 2\nalert_command = \"/bin/page\""),
+     "'alert_command' must be a list of strings"),
+    (_replace("dead_after = 2", "dead_after = 2\nalert_command = [\"/bin/page\", 1]"),
+     "'alert_command' must be a list of strings"),
+    (_replace("dead_after = 2", "dead_after = 2\nalert_command = [\"page-duty\"]"),
+     "'alert_command' must start with the program's absolute"),
+    (_replace("dead_after = 2", "dead_after = 2\nalert_command = [\"/bin/page\", \"a\\u0000b\"]"),
+     "'alert_command' holds a NUL"),
+    (_replace("dead_after = 2", "dead_after = 2\nalert_every = 0"),
+     "'alert_every' must be a number of seconds above 0"),
+    (_replace("dead_after = 2", "dead_after = 2\nalert_after = -1"),
+     "'alert_after' must be a number of seconds above 0"),
+    (_replace("dead_after = 2", "dead_after = 2\ndrill_every = -1"),
+     "'drill_every' must be a number of seconds 0 or more (0 = off)"),
+    (_replace("dead_after = 2", "dead_after = 2\ndrill_every = inf"),
+     "'drill_every' must be a number of seconds"),
+    (_replace("dead_after = 2", "dead_after = 2\ndrill_deadline = 0"),
+     "'drill_deadline' must be a number of seconds above 0"),
+    (_replace("dead_after = 2", "dead_after = 2\ndrill_operator = \"yes\""),
+     "'drill_operator' must be true or false"),
+    (_replace("dead_after = 2", "dead_after = 2\noperator_ack = [\"urgent\"]"),
+     "'operator_ack' must be a list of precedences among flash"),
+    (_replace("dead_after = 2", "dead_after = 2\noperator_ack = \"flash\""),
+     "'operator_ack' must be a list of precedences"),
+    (_replace("dead_after = 2", "dead_after = 2\noperator_ack = [\"flash\", \"flash\"]"),
+     "'operator_ack' lists the same precedence twice"),
+    (_replace("dead_after = 2", "dead_after = 2\noperator_deadline = 600"),
+     "'operator_deadline' must be a table of seconds"),
+    (_replace("dead_after = 2", "dead_after = 2\noperator_deadline = {urgent = 1}"),
+     "unknown key 'operator_deadline.urgent'"),
+    (_replace("dead_after = 2", "dead_after = 2\noperator_deadline = {routine = 60}"),
+     "'operator_deadline.routine' is set but 'routine' is not"),
+    (_replace("dead_after = 2", "dead_after = 2\noperator_deadline = {flash = 0}"),
+     "'operator_deadline.flash' must be a number of seconds"),
+    (_replace("dead_after = 2", "dead_after = 2\noperator_deadline = {flash = \"600\"}"),
+     "'operator_deadline.flash' must be a number"),
     (GOOD.split("[peer]")[0], "missing [peer] table"),
     ("key = \n", "not valid TOML"),
 ]
