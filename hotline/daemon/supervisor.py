@@ -36,7 +36,9 @@ from hotline.errors import ConfigError
 from hotline.keyfile import load_identity
 from hotline.proto.endpoint import Endpoint, EndpointSettings
 from hotline.proto.identity import Identity, PublicKey
+from hotline.proto.lanes import parse_lane
 from hotline.proto.link import LinkSettings, PathSpec
+from hotline.proto.operator import OperatorSettings
 from hotline.store import Store
 from hotline.transport.events import PathTransport
 from hotline.transport.tcp import TcpPath
@@ -94,7 +96,17 @@ async def run_daemon(config: Config, logger: Logger, notifier: Notifier) -> None
 def endpoint_settings(config: Config) -> EndpointSettings:
     """The endpoint's tunables from the config."""
     return EndpointSettings(link=link_settings(config), peer_name=config.peer_name,
-                            log_every=config.log_every, max_backlog=config.max_backlog)
+                            log_every=config.log_every, max_backlog=config.max_backlog,
+                            operator=operator_settings(config))
+
+
+def operator_settings(config: Config) -> OperatorSettings:
+    """Operator acknowledgement and drills (DESIGN §9, §10) from the config."""
+    return OperatorSettings(
+        ack_lanes=frozenset(map(parse_lane, config.operator_ack)),
+        deadlines={parse_lane(name): s for name, s in config.operator_deadline.items()},
+        drill_every=config.drill_every, drill_operator=config.drill_operator,
+        drill_deadline=config.drill_deadline)
 
 
 async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Identity,
@@ -107,7 +119,8 @@ async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Ide
     worker = StoreWorker(store, submit)
     transports: dict[int, PathTransport] = {}
     tcp_paths, udp = _make_transports(config, submit, transports)
-    control = ControlServer(submit, worker, logger, _uid_logger(logger))
+    control = ControlServer(submit, worker, logger, _uid_logger(logger),
+                            operator_lanes=endpoint.settings.operator.ack_lanes)
     runner = Runner(endpoint, inputs, worker, transports, logger, notifier,
                     inbox_changed=control.inbox_changed)
     control_listener = await bind_control_socket(config.control)
