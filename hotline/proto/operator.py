@@ -154,9 +154,9 @@ class Order:
                  ) -> tuple[list[OperatorAckRecord], tuple[tuple[int, int], ...]]:
         """The store records linking each ack to what it acknowledges, and the reply ids,
         given the (lane, seq) the endpoint sealed each of ``seals`` as."""
+        acks = zip(self.acknowledges, sealed, strict=True) if self.acknowledges else ()
         records = [OperatorAckRecord(False, epoch, lane, seq, our_epoch, *ack, chain)
-                   for (epoch, lane, seq, chain), ack
-                   in zip(self.acknowledges, sealed, strict=True)]
+                   for (epoch, lane, seq, chain), ack in acks]
         fresh = iter(sealed)
         ids = tuple(next(fresh) if i is None else i for i in self.ids) or tuple(sealed)
         return records, ids
@@ -318,11 +318,12 @@ class OperatorDesk:
         self._answer_if_done(waiter)
 
     def _resume(self, state: OperatorState, now: float) -> None:
-        for out in reversed(state.ours):
-            env = _decoded(out.raw)
-            if env is not None and _plain_message(env):
-                self._await(self.pending, (out.epoch, out.lane, out.seq), env.ts,
-                            self.settings.deadlines.get(out.lane), now)
+        """Start-up: ours oldest first by timestamp, the peer's in arrival order."""
+        ours = [(env.ts, out) for out in state.ours
+                if (env := _decoded(out.raw)) is not None and _plain_message(env)]
+        for ts, out in sorted(ours, key=lambda item: item[0]):
+            self._await(self.pending, (out.epoch, out.lane, out.seq), ts,
+                        self.settings.deadlines.get(out.lane), now)
         for record in reversed(state.theirs):
             self._theirs_stored(record, now, answer=False)
 
