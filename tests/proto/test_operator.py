@@ -114,7 +114,8 @@ def test_ack_round_trip_is_a_signed_chained_message_both_stores_link(pair: NodeP
     assert decode_ack_untrusted(env.body) == AckBody(FLASH, 1, original.chain,
                                                      "seen, standing by")
     [notice] = notices(a, "operator_ack")
-    assert notice.fields["id"] == "Z1" and notice.fields["result"] == "acknowledged"
+    assert notice.fields["id"] == "Z1"
+    assert notice.fields["result"] == "acknowledged"
     for node in pair.nodes:
         report = verify_store(node.store, node.identity.public, node.peer)
         assert report.ok, report.problems
@@ -149,7 +150,8 @@ def test_wait_operator_times_out(pair: NodePair) -> None:
     assert token not in pair.a.replies  # stored by the peer, not acknowledged by a person
     pair.run(2.0)
     outcome = pair.a.replies[token]
-    assert isinstance(outcome, Refused) and outcome.error is NotAcknowledgedError
+    assert isinstance(outcome, Refused)
+    assert outcome.error is NotAcknowledgedError
     assert "acknowledged 0 of 1" in outcome.message
 
 
@@ -167,7 +169,8 @@ def test_a_bogus_ack_is_logged_and_ignored(pair: NodePair, body: bytes, lane: in
     send(pair.b, body, lane=lane, media=ACK_TYPE)  # the peer's client forges an ack
     pair.run(1.0)
     [refused] = notices(pair.a, "operator_ack")
-    assert refused.fields["result"] == "refused" and reason in str(refused.fields["reason"])
+    assert refused.fields["result"] == "refused"
+    assert reason in str(refused.fields["reason"])
     assert token not in pair.a.replies
     assert pending(pair.a, pair.now) == ["Z1"]
     assert pair.a.store.operator_acked(True, pair.a.store.epoch, FLASH, 1) is None
@@ -180,7 +183,8 @@ def test_ack_refuses_an_unknown_id_or_an_ack_and_stores_nothing(pair: NodePair) 
     send(pair.a, b"launch detected")
     pair.run(1.0)
     outcome = ack(pair.b, (FLASH, 1), (FLASH, 9))
-    assert isinstance(outcome, Refused) and outcome.error is UsageError
+    assert isinstance(outcome, Refused)
+    assert outcome.error is UsageError
     assert outcome.message == ("no received message Z9 in the peer's latest epoch; "
                                "nothing acknowledged")
     assert pair.b.store.out_head(FLASH)[0] == 0
@@ -211,7 +215,8 @@ def test_overdue_is_noticed_at_the_deadline_once(tmp_path: Path) -> None:
     [overdue] = notices(pair.a, "operator_overdue")
     assert overdue.priority == CRIT
     assert (overdue.fields["id"], overdue.fields["lane"]) == ("Z1", "flash")
-    assert overdue.fields["deadline_s"] == 5.0 and overdue.fields["age_s"] >= 5.0  # type: ignore[operator]
+    assert overdue.fields["deadline_s"] == 5.0
+    assert overdue.fields["age_s"] >= 5.0
     pair.run(10.0)
     assert len(notices(pair.a, "operator_overdue")) == 1
     [item] = pair.a.endpoint.status(pair.now).operator_pending
@@ -236,7 +241,8 @@ def test_pending_and_owed_survive_a_restart(tmp_path: Path) -> None:
     pair.run(1.0)
     assert pending(a, pair.now) == owed(b, pair.now) == ["Z1", "O1"]
     [z1, o1] = a.endpoint.status(pair.now).operator_pending
-    assert z1.age_s >= 37.0 and z1.deadline_s < -7.0  # type: ignore[operator]
+    assert z1.age_s >= 37.0
+    assert z1.deadline_s < -7.0
     assert o1.deadline_s > 0  # type: ignore[operator]
     assert [n.fields["id"] for n in notices(a, "operator_overdue")] == ["Z1", "Z1"]  # once per run
     ack(b, (IMMEDIATE, 1))
@@ -254,7 +260,8 @@ def test_drills_every_two_seconds_are_answered(tmp_path: Path) -> None:
                for n in done)
     assert notices(pair.a, "drill_failed") == []
     last = pair.a.endpoint.status(pair.now).last_drill
-    assert last is not None and last["id"].startswith("P")
+    assert last is not None
+    assert last["id"].startswith("P")
     assert [n.fields["result"] for n in notices(pair.b, "drill_answer")].count("answered") >= 4
     assert owed(pair.b, pair.now) == []  # the operator is not asked
     drill = pair.a.store.get_outgoing(PRIORITY, 1)
@@ -270,14 +277,17 @@ def test_a_drill_fails_at_its_deadline_without_the_operators_ack(tmp_path: Path)
     assert ask(pair.a, DrillRequest()) == Stored(((PRIORITY, 1),))
     pair.run(4.0)
     last = pair.a.endpoint.status(pair.now).last_drill
-    assert last is not None and last["ok"] is None and last["answered_s"] is not None
+    assert last is not None
+    assert last["ok"] is None
+    assert last["answered_s"] is not None
     assert owed(pair.b, pair.now) == ["P1"]
     pair.run(2.0)
     [failed] = notices(pair.a, "drill_failed")
     assert failed.priority == CRIT
     assert failed.fields["reason"] == "the far operator did not acknowledge it within 5 s"
     last = pair.a.endpoint.status(pair.now).last_drill
-    assert last is not None and (last["id"], last["ok"], last["operator_s"]) == ("P1", False, None)
+    assert last is not None
+    assert (last["id"], last["ok"], last["operator_s"]) == ("P1", False, None)
     pair.close()
 
 
@@ -291,7 +301,8 @@ def test_a_drill_the_far_operator_acknowledges_succeeds(tmp_path: Path) -> None:
     [done] = notices(pair.a, "drill")
     assert done.fields["result"] == "ok"
     last = pair.a.endpoint.status(pair.now).last_drill
-    assert last is not None and last["ok"] is True
+    assert last is not None
+    assert last["ok"] is True
     assert 0 < last["answered_s"] < last["operator_s"]
     assert owed(pair.b, pair.now) == []
     assert pending(pair.a, pair.now) == []  # drills report as drills, not as pending
