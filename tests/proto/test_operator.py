@@ -7,6 +7,7 @@ by the real store, so everything here is what the daemons do, minus sockets and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ from hotline.proto.requests import (
     Stored,
     WaitRequest,
 )
+from hotline.proto.status import OperatorItem
 from hotline.testing.endpoints import Node, NodePair
 
 
@@ -73,8 +75,8 @@ def ack(node: Node, *ids: tuple[int, int], comment: str = "") -> Outcome | None:
     return ask(node, OperatorAckRequest(ids, comment))
 
 
-def ids(items: object) -> list[str]:
-    return [item.id for item in items]  # type: ignore[attr-defined]
+def ids(items: Sequence[OperatorItem]) -> list[str]:
+    return [item.id for item in items]
 
 
 def notices(node: Node, kind: str) -> list[Notice]:
@@ -210,7 +212,7 @@ def test_overdue_is_noticed_at_the_deadline_once(tmp_path: Path) -> None:
     pair.run(4.5)
     assert notices(pair.a, "operator_overdue") == []
     [item] = pair.a.endpoint.status(pair.now).operator_pending
-    assert 0 < item.deadline_s <= 1.0  # type: ignore[operator]
+    assert 0 < item.deadline_s <= 1.0
     pair.run(1.0)
     [overdue] = notices(pair.a, "operator_overdue")
     assert overdue.priority == CRIT
@@ -220,7 +222,7 @@ def test_overdue_is_noticed_at_the_deadline_once(tmp_path: Path) -> None:
     pair.run(10.0)
     assert len(notices(pair.a, "operator_overdue")) == 1
     [item] = pair.a.endpoint.status(pair.now).operator_pending
-    assert item.deadline_s < -10.0  # type: ignore[operator]
+    assert item.deadline_s < -10.0
     pair.close()
 
 
@@ -243,7 +245,7 @@ def test_pending_and_owed_survive_a_restart(tmp_path: Path) -> None:
     [z1, o1] = a.endpoint.status(pair.now).operator_pending
     assert z1.age_s >= 37.0
     assert z1.deadline_s < -7.0
-    assert o1.deadline_s > 0  # type: ignore[operator]
+    assert o1.deadline_s > 0
     assert [n.fields["id"] for n in notices(a, "operator_overdue")] == ["Z1", "Z1"]  # once per run
     ack(b, (IMMEDIATE, 1))
     pair.run(1.0)
