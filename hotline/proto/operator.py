@@ -204,7 +204,8 @@ class OperatorDesk:
 
     def __init__(self, settings: OperatorSettings, peer: str, now: float,
                  wall_ns: Callable[[float], int]) -> None:
-        """
+        """Track nothing yet: the store read queued here resumes pending and owed.
+
         Args:
             settings: from the config.
             peer: the peer's name, for notices.
@@ -518,6 +519,10 @@ class OperatorDesk:
             self.untracked += 1
         if table is self.pending and deadline is not None:
             heapq.heappush(self._due, (born + deadline, key))
+            if len(self._due) > 2 * MAX_TRACKED:  # acked ones linger until their due time
+                self._due = [(item.born + item.deadline, k) for k, item in self.pending.items()
+                             if item.deadline is not None and not item.noted]
+                heapq.heapify(self._due)
 
     def _drill_seal(self) -> Seal:
         return Seal(DRILL_LANE, DRILL_TYPE, self.drills.body())
@@ -537,11 +542,10 @@ class OperatorDesk:
 def _items(table: dict[_Key, _Awaited], now: float) -> list[OperatorItem]:
     """The first ``STATUS_ITEMS`` in the order they were stored (oldest first; status is
     built every loop turn, so no sort)."""
-    oldest = table.items()
     return [OperatorItem(message_id(lane, seq), round(now - item.born, 3),
                          None if item.deadline is None
                          else round(item.born + item.deadline - now, 3))
-            for (_epoch, lane, seq), item in itertools.islice(oldest, STATUS_ITEMS)]
+            for (_epoch, lane, seq), item in itertools.islice(table.items(), STATUS_ITEMS)]
 
 
 def _decoded(raw: bytes) -> Envelope | None:

@@ -14,7 +14,7 @@ import pytest
 
 from hotline.commands.verify import verify_store
 from hotline.daemon.control_server import inbox_message
-from hotline.errors import NotAcknowledgedError, UsageError
+from hotline.errors import NotAcknowledgedError, StoreFailedError, UsageError
 from hotline.proto.bodies import (
     ACK_TYPE,
     DRILL_TYPE,
@@ -341,3 +341,19 @@ def test_inbox_shows_the_ack_state(pair: NodePair) -> None:
     assert their_ack["ack_state"] is None
     assert chain_hash(pair.a.store.get_outgoing(FLASH, 1).raw) == \
         decode_ack_untrusted(their_ack["body"]).chain  # type: ignore[union-attr]
+
+
+def test_an_ack_whose_commit_failed_is_refused_and_leaves_no_link(pair: NodePair) -> None:
+    send(pair.a, b"launch detected")
+    pair.run(1.0)
+    pair.b.fail_commits = True  # the disk is full
+    outcome = ack(pair.b, (FLASH, 1))
+    assert isinstance(outcome, Refused)
+    assert outcome.error is StoreFailedError
+    pair.b.fail_commits = False
+    send(pair.b, b"disk freed", lane=ROUTINE)  # the next commit carries nothing stale
+    assert pair.b.store.operator_acked(False, pair.a.store.epoch, FLASH, 1) is None
+    assert owed(pair.b, pair.now) == ["Z1"]
+    assert ack(pair.b, (FLASH, 1)) == Stored(((FLASH, 1),))
+    pair.run(1.0)
+    assert pending(pair.a, pair.now) == []
