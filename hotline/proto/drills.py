@@ -17,7 +17,8 @@ asked, acknowledged) — a ``drill`` notice (priority 5) — or fails when
 and ``operator_s`` (seconds from stored to answered / acknowledged; null if not).
 ``last`` is the most recently started drill, as ``status --json`` shows it:
 ``{id, sent_at (Unix seconds), answered_s, operator_s, ok}`` with ``ok`` null while it
-runs.
+runs. ``last_success_at`` is when the last drill succeeded (Unix seconds), for
+``hotline_drill_last_success_timestamp_seconds``.
 
 Schedule: every ``drill_every`` seconds from start-up (0 = never); ``hotline drill``
 starts one at once. At most ``MAX_RUNNING`` run at the same time; a newer drill makes
@@ -71,6 +72,7 @@ class DrillBook:
         self._running: dict[bytes, _Drill] = {}  # by the drill envelope's chain hash
         self._last: _Drill | None = None
         self._last_ok: bool | None = None
+        self.last_success_at: float | None = None  # Unix seconds (metrics)
         self.notices: list[Notice] = []
 
     @property
@@ -141,6 +143,9 @@ class DrillBook:
         ok = failure is None
         if drill is self._last:
             self._last_ok = ok
+        if ok:
+            self.last_success_at = drill.sent_at + max(drill.answered_s or 0.0,
+                                                       drill.operator_s or 0.0)
         fields: dict[str, object] = {"peer": self._peer, "id": drill.id,
                                      "result": "ok" if ok else "failed"}
         if failure is not None:

@@ -264,6 +264,9 @@ def test_drills_every_two_seconds_are_answered(tmp_path: Path) -> None:
     last = pair.a.endpoint.status(pair.now).last_drill
     assert last is not None
     assert last["id"].startswith("P")
+    success = pair.a.endpoint.operator.drills.last_success_at
+    assert success is not None
+    assert success >= last["sent_at"] - 2.5  # the last success is this drill or the one before
     assert [n.fields["result"] for n in notices(pair.b, "drill_answer")].count("answered") >= 4
     assert owed(pair.b, pair.now) == []  # the operator is not asked
     drill = pair.a.store.get_outgoing(PRIORITY, 1)
