@@ -160,6 +160,14 @@ def _ack(p: argparse.ArgumentParser) -> None:
     p.add_argument("--comment", default="", help="a comment signed with the acknowledgement")
 
 
+def _drill(p: argparse.ArgumentParser) -> None:
+    _link_options(p)
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="give up waiting for the result after S seconds (exit 75; default "
+                        "drill_deadline + 5)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
 def _status(p: argparse.ArgumentParser) -> None:
     _link_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object")
@@ -194,6 +202,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "send": ("send a message (TEXT or stdin)", _send),
     "inbox": ("print received messages", _inbox),
     "ack": ("acknowledge received messages as their operator", _ack),
+    "drill": ("run a drill now: the far daemon (and operator) must answer", _drill),
     "status": ("show the link's state", _status),
     "verify": ("re-check every stored signature, chain link, receipt", _link_options),
     "export": ("write a message and its SSH signature to DIR", _export),

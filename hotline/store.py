@@ -22,6 +22,8 @@ files the same mode) holds everything a daemon must not forget (DESIGN §4, §4b
 * ``receipts`` — the peer's signed receipts of our stream, stored only when they sign
   our own transcript (their chain hash equals ours at their ``upto``).
 * ``operator_acks`` — which message an operator acknowledgement (DESIGN §9) covers.
+  The peer's operator's acks of ours are stored only when they name our own stored
+  transcript (their chain hash equals ours at that lane and seq, in one of our epochs).
 
 Durability: WAL journal with ``synchronous=FULL``, so a committed transaction survives
 a crash or power loss. Group commit: ``execute(Commit(batch))`` writes everything one
@@ -44,6 +46,7 @@ seq they took from envelopes they already decoded and verified.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import time
@@ -60,12 +63,18 @@ from hotline.proto.records import (
     Carry,
     Commit,
     Committed,
+    IncomingMessage,
     InLane,
     InRecord,
     NewOutEpoch,
+    OperatorAckRecord,
+    OperatorState,
     OutLane,
     OutRecord,
     ReadChain,
+    ReadIncoming,
+    ReadOperatorAcks,
+    ReadOperatorState,
     ReadOutgoing,
     ReceiptRecord,
     Rejoin,
@@ -83,7 +92,8 @@ _PAGE = 500  # rows per query when iterating for verify/export
 
 @dataclass(frozen=True)
 class InboxEntry:
-    """One delivered message as the inbox shows it: cursor ``n`` and where it is from."""
+    """One delivered message as the inbox shows it: cursor ``n`` and where it is from;
+    ``acked_by``: our operator's ack envelope (lane, seq) of it, if any (DESIGN §9)."""
 
     n: int
     epoch: bytes
@@ -91,6 +101,7 @@ class InboxEntry:
     seq: int
     raw: bytes
     sig: bytes
+    acked_by: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +195,12 @@ class Store:
             return self.read_outgoing(job.epoch, job.lane, job.after, job.limit)
         if isinstance(job, ReadChain):
             return self.chain_at(job.epoch, job.lane, job.seq)
+        if isinstance(job, ReadIncoming):
+            return self.read_incoming(job.ids)
+        if isinstance(job, ReadOperatorAcks):
+            return self.operator_acked_seqs(job.epoch, job.lane, job.first, job.upto)
+        if isinstance(job, ReadOperatorState):
+            return self.operator_state(job.our_lanes, job.their_lanes, job.limit)
         return self.lookup_send_ids(job.ids)
 
     def resume(self, window: int) -> Resume:
@@ -263,7 +280,8 @@ class Store:
         head), receipts (stored only if they sign our transcript), operator acks.
 
         Returns:
-            ``Committed`` with the receipts that were refused.
+            ``Committed`` with the receipts that were refused and the peer's operator
+            acks that were stored or refused.
 
         Raises:
             LocalProtocolError: outgoing seqs not contiguous, an ack above our head,
@@ -274,7 +292,7 @@ class Store:
             return Committed()
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            rejected = self._write(batch)
+            committed = self._write(batch)
             self._db.execute("COMMIT")
         except BaseException as err:
             if self._db.in_transaction:
@@ -285,9 +303,9 @@ class Store:
             raise
         if batch.new_epoch is not None:
             self.epoch = batch.new_epoch.epoch
-        return Committed(tuple(rejected))
+        return committed
 
-    def _write(self, batch: StoreBatch) -> list[ReceiptRecord]:
+    def _write(self, batch: StoreBatch) -> Committed:
         if batch.new_epoch is not None:
             self._start_epoch(batch.new_epoch)
         self._insert_outgoing(batch.outgoing)
@@ -302,15 +320,33 @@ class Store:
         for ack in batch.acks.values():
             self._set_acked(ack)
         rejected = self._insert_receipts(batch.receipts)
-        self._db.executemany(
-            "INSERT OR IGNORE INTO operator_acks (ours, epoch, lane, seq, ack_epoch, ack_lane,"
-            " ack_seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(int(a.ours), a.epoch, a.lane, a.seq, a.ack_epoch, a.ack_lane, a.ack_seq)
-             for a in batch.operator_acks])
+        stored, refused = self._insert_operator_acks(batch.operator_acks)
         if batch.handshake_ts is not None:
             self._db.execute("UPDATE meta SET handshake_ts = max(handshake_ts, ?)",
                              (batch.handshake_ts,))
-        return rejected
+        return Committed(tuple(rejected), tuple(stored), tuple(refused))
+
+    def _insert_operator_acks(self, acks: Sequence[OperatorAckRecord]
+                              ) -> tuple[list[OperatorAckRecord], list[OperatorAckRecord]]:
+        """Store operator acks; the peer's acks of ours only where their chain is ours
+        (filed under the epoch it matched). Returns (peer's stored, peer's refused)."""
+        stored, refused, rows = [], [], []
+        epochs = [e for e, _ in reversed(self.out_epochs())] if acks else []
+        for a in acks:
+            if a.ours:
+                epoch = next((e for e in epochs
+                              if self.chain_at(e, a.lane, a.seq) == a.chain), None)
+                if epoch is None or a.seq < 1:
+                    refused.append(a)
+                    continue
+                a = dataclasses.replace(a, epoch=epoch)
+                stored.append(a)
+            rows.append((int(a.ours), a.epoch, a.lane, a.seq, a.ack_epoch, a.ack_lane,
+                         a.ack_seq))
+        self._db.executemany(
+            "INSERT OR IGNORE INTO operator_acks (ours, epoch, lane, seq, ack_epoch, ack_lane,"
+            " ack_seq) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        return stored, refused
 
     def _start_epoch(self, new: NewOutEpoch) -> None:
         """Abandon the current epoch: its unacknowledged backlog is to be carried over
@@ -490,11 +526,31 @@ class Store:
         return None if row is None else InRecord(epoch, lane, seq, row[0], row[1])
 
     def inbox_after(self, cursor: int, limit: int = 1000) -> list[InboxEntry]:
-        """Delivered messages with inbox cursor above ``cursor``, in arrival order."""
+        """Delivered messages with inbox cursor above ``cursor``, in arrival order, each
+        with our operator's ack of it if any."""
+        return self._inbox_rows("WHERE i.n > ? ORDER BY i.n LIMIT ?", (cursor, limit))
+
+    def inbox_unacked(self, cursor: int, lanes: Sequence[int], limit: int = 1000
+                      ) -> list[InboxEntry]:
+        """Like ``inbox_after``, only messages of the peer's latest epoch in ``lanes``
+        that our operator has not acknowledged (``inbox --pending``; the caller keeps
+        those that need an acknowledgement)."""
+        epochs = self.peer_epochs()
+        if not epochs or not lanes:
+            return []
+        return self._inbox_rows(
+            f"WHERE i.n > ? AND i.epoch = ? AND i.lane IN ({_marks(lanes)}) AND a.ack_seq IS NULL"
+            " ORDER BY i.n LIMIT ?", (cursor, epochs[-1], *lanes, limit))
+
+    def _inbox_rows(self, where: str, params: Sequence[object]) -> list[InboxEntry]:
+        """Inbox entries with our operator's ack of each (``a``) joined in."""
         rows = self._db.execute(
-            "SELECT n, epoch, lane, seq, raw, sig FROM incoming WHERE n > ? ORDER BY n LIMIT ?",
-            (cursor, limit)).fetchall()
-        return [InboxEntry(*row) for row in rows]
+            "SELECT i.n, i.epoch, i.lane, i.seq, i.raw, i.sig, a.ack_lane, a.ack_seq"
+            " FROM incoming i LEFT JOIN operator_acks a ON a.ours = 0 AND a.epoch = i.epoch"
+            f" AND a.lane = i.lane AND a.seq = i.seq {where}", params).fetchall()
+        return [InboxEntry(n, bytes(e), lane, seq, raw, sig,
+                           None if ack_seq is None else (ack_lane, ack_seq))
+                for n, e, lane, seq, raw, sig, ack_lane, ack_seq in rows]
 
     def inbox_cursor(self, lane: int, seq: int) -> int:
         """The cursor just after message ``seq`` of ``lane`` in the peer's latest epoch
@@ -516,6 +572,50 @@ class Store:
             " WHERE ours = ? AND epoch = ? AND lane = ? AND seq = ?",
             (int(ours), epoch, lane, seq)).fetchone()
         return None if row is None else (bytes(row[0]), row[1], row[2])
+
+    # --- operator acknowledgement (DESIGN §9) ------------------------------------------
+
+    def read_incoming(self, ids: Sequence[tuple[int, int]]
+                      ) -> tuple[IncomingMessage | None, ...]:
+        """The peer's envelopes ``ids`` of its latest epoch, each with our operator's ack
+        of it if any (None where not stored)."""
+        epochs = self.peer_epochs()
+        found: list[IncomingMessage | None] = []
+        for lane, seq in ids:
+            record = self.get_incoming(lane, seq, epochs[-1]) if epochs else None
+            acked = None if record is None else self.operator_acked(False, record.epoch,
+                                                                    lane, seq)
+            found.append(None if record is None else IncomingMessage(
+                record, None if acked is None else acked[1:]))
+        return tuple(found)
+
+    def operator_acked_seqs(self, epoch: bytes, lane: int, first: int, upto: int
+                            ) -> frozenset[int]:
+        """Seqs ``first..upto`` of our ``lane`` of ``epoch`` the peer's operator acked."""
+        rows = self._db.execute(
+            "SELECT seq FROM operator_acks WHERE ours = 1 AND epoch = ? AND lane = ?"
+            " AND seq BETWEEN ? AND ?", (epoch, lane, first, upto))
+        return frozenset(r[0] for r in rows)
+
+    def operator_state(self, our_lanes: Sequence[int], their_lanes: Sequence[int],
+                       limit: int) -> OperatorState:
+        """Envelopes no operator acknowledged, newest first, at most ``limit`` each: ours
+        of ``our_lanes`` (current epoch), the peer's of ``their_lanes`` (latest epoch)."""
+        ours = [] if not our_lanes else self._db.execute(
+            "SELECT o.lane, o.seq, o.raw, o.sig, o.chain FROM outgoing o"
+            " LEFT JOIN operator_acks a ON a.ours = 1 AND a.epoch = o.epoch"
+            " AND a.lane = o.lane AND a.seq = o.seq"
+            f" WHERE o.epoch = ? AND o.lane IN ({_marks(our_lanes)}) AND a.ack_seq IS NULL"
+            " ORDER BY o.stored_at DESC, o.seq DESC LIMIT ?",
+            (self.epoch, *our_lanes, limit)).fetchall()
+        epochs = self.peer_epochs()
+        theirs = [] if not epochs or not their_lanes else self._inbox_rows(
+            f"WHERE i.epoch = ? AND i.lane IN ({_marks(their_lanes)}) AND a.ack_seq IS NULL"
+            " ORDER BY i.n DESC LIMIT ?", (epochs[-1], *their_lanes, limit))
+        return OperatorState(
+            tuple(OutRecord(self.epoch, lane, seq, raw, sig, chain)
+                  for lane, seq, raw, sig, chain in ours),
+            tuple(InRecord(e.epoch, e.lane, e.seq, e.raw, e.sig) for e in theirs))
 
     def iter_outgoing(self, epoch: bytes, lane: int) -> Iterator[OutRecord]:
         """Our envelopes of one epoch and lane in seq order (read page by page)."""
@@ -541,6 +641,11 @@ class Store:
                 " ORDER BY id LIMIT ?", (last, _PAGE)).fetchall():
             yield from (ReceiptRecord(*row[1:]) for row in rows)
             last = rows[-1][0]
+
+
+def _marks(values: Sequence[object]) -> str:
+    """``?,?,?``: one SQL parameter per value."""
+    return ",".join("?" * len(values))
 
 
 def _runs(items: Sequence[InRecord | Rejoin]) -> Iterator[Rejoin | list[InRecord]]:

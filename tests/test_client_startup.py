@@ -2,7 +2,7 @@
 
 Each command runs in a fresh ``python -I -S`` (no site: nothing preloaded, so every
 module the command pulls in is seen) and reports what it imported. Client commands
-(send, inbox, status) import neither trio nor cryptography; key commands import no
+(send, inbox, status, ack, drill) import neither trio nor cryptography; key commands import no
 config, socket or msgpack code; none imports what only the daemon or a test needs.
 """
 
@@ -53,7 +53,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> LoopbackPair:
     return LoopbackPair(tmp_path_factory.mktemp("startup"))  # configs and keys, no daemons
 
 
-@pytest.mark.parametrize("argv", [["status"], ["send", "hello"], ["inbox"]])
+@pytest.mark.parametrize("argv", [["status"], ["send", "hello"], ["inbox"], ["ack", "Z1"],
+                                  ["drill"]])
 def test_client_command_stays_in_its_import_budget(pair: LoopbackPair, argv: list[str]) -> None:
     code, modules = imported_by([argv[0], "-c", str(pair[0].config), *argv[1:]])
     assert code == 3  # no daemon: the whole path up to connecting ran

@@ -34,6 +34,14 @@ def _ids(items: list[dict[str, Any]]) -> str:
     return " ".join(escape(str(i["id"])) for i in items[:10]) or "none"
 
 
+def _drill_result(drill: dict[str, Any]) -> str:
+    verdict = {True: "OK", False: "FAILED", None: "running"}.get(drill.get("ok"), "?")
+    parts = [f"{what} after {value:.3f} s" for what, value in (
+        ("answered", drill.get("answered_s")), ("acknowledged", drill.get("operator_s")))
+        if isinstance(value, int | float)]
+    return verdict + (f" ({', '.join(parts)})" if parts else "")
+
+
 def render(s: dict[str, Any]) -> str:
     """A human-readable status board, every string escaped for the terminal."""
     lines = [
@@ -49,6 +57,9 @@ def render(s: dict[str, Any]) -> str:
     if pending or owed:
         lines.append(f"  awaiting the peer's operator: {_ids(pending)}; "
                      f"owed by ours: {_ids(owed)}")
+    drill = s.get("last_drill")
+    if isinstance(drill, dict):
+        lines.append(f"  last drill {escape(str(drill.get('id')))}: {_drill_result(drill)}")
     age = s.get("session_age_s")
     if isinstance(age, int | float):
         lines.append(f"  session age {age:.0f} s")

@@ -17,6 +17,11 @@ so a pipelining client knows exactly which lines went in: those it was told.
 ``inbox`` pages through the store (on the store thread) by inbox cursor — one order
 across the peer's epochs and lanes, so nothing is skipped when the peer's epoch
 changes — and with ``follow`` waits for the next commit that delivered something.
+Each message carries its operator-acknowledgement state (DESIGN §9): ``ack_state``
+``"owed"`` (our operator owes an ack: ``operator_lanes``, the config's
+``operator_ack``) or ``"acked"`` (``acked_by``: our ack's id), and for hotline's own
+types (acks, drills) a ``note`` saying what it is; ``pending`` pages through only the
+messages still owed an ack.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import errno
 import os
 import socket as stdsocket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +48,9 @@ from hotline.errors import (
     UsageError,
 )
 from hotline.proto import control as ctl
+from hotline.proto.bodies import describe, needs_operator_ack
 from hotline.proto.envelope import decode_envelope_untrusted
-from hotline.proto.lanes import NAMES, message_id
+from hotline.proto.lanes import FLASH, IMMEDIATE, NAMES, PRIORITY, message_id
 from hotline.proto.requests import (
     Acknowledged,
     EndpointRequest,
@@ -56,7 +62,7 @@ from hotline.proto.requests import (
     Stored,
     WaitRequest,
 )
-from hotline.store import InboxEntry, Store
+from hotline.store import InboxEntry
 
 _READ_SIZE = 65536
 _MAX_CLIENTS = 64
@@ -107,8 +113,10 @@ class ControlServer:
     """Serves control clients for one runner (see the module header)."""
 
     def __init__(self, submit: trio.MemorySendChannel[Any], store: StoreWorker,
-                 logger: Logger, log_uid: Callable[[int | None], None] | None = None) -> None:
+                 logger: Logger, log_uid: Callable[[int | None], None] | None = None,
+                 operator_lanes: Collection[int] = (FLASH, IMMEDIATE)) -> None:
         self._submit = submit
+        self._operator_lanes = tuple(operator_lanes)
         self._store = store
         self._logger = logger
         self._log_uid = log_uid
@@ -299,16 +307,30 @@ class ControlServer:
             cursor = await self._store.call(self._store.store.inbox_cursor, *request.since)
         while True:
             grew = self._inbox_grew
-            entries = await self._store.call(Store.inbox_after, self._store.store, cursor)
+            entries, latest = await self._store.call(self._inbox_page, cursor, request.pending)
             for entry in entries:
                 cursor = entry.n
-                yield ctl.ok_reply(msg=inbox_message(entry))
+                msg = inbox_message(entry, self._operator_lanes, latest)
+                if not request.pending or msg["ack_state"] == "owed":
+                    yield ctl.ok_reply(msg=msg)
             if entries:
                 continue
             if not request.follow:
                 yield ctl.ok_reply(end=True)
                 return
             await grew.wait()
+
+
+    def _inbox_page(self, cursor: int, pending: bool
+                    ) -> tuple[list[InboxEntry], bytes | None]:
+        """(On the store thread.) The next page after ``cursor`` and the peer's latest
+        epoch (only its messages can still be acknowledged)."""
+        store = self._store.store
+        epochs = store.peer_epochs()
+        lanes = (*self._operator_lanes, PRIORITY)  # PRIORITY: drills may ask for an ack
+        entries = (store.inbox_unacked(cursor, lanes) if pending
+                   else store.inbox_after(cursor))
+        return entries, epochs[-1] if epochs else None
 
 
 def _pipelined(request: Request) -> bool:
@@ -322,13 +344,26 @@ def _with_ack_ms(outcome: Outcome, started: float) -> dict[str, Any]:
     return reply
 
 
-def inbox_message(entry: InboxEntry) -> dict[str, Any]:
-    """One inbox message as the control socket sends it."""
+def inbox_message(entry: InboxEntry, operator_lanes: Collection[int] = (FLASH, IMMEDIATE),
+                  latest: bytes | None = None) -> dict[str, Any]:
+    """One inbox message as the control socket sends it; ``operator_lanes``: the lanes
+    whose messages our operator acknowledges, ``latest``: the peer's latest epoch (the
+    only one whose messages can still be acknowledged; None: the entry's)."""
     env = decode_envelope_untrusted(entry.raw, max_message=len(entry.raw))
-    return {"n": entry.n, "epoch": entry.epoch.hex(), "lane": entry.lane,
-            "precedence": NAMES[entry.lane], "seq": entry.seq,
-            "id": message_id(entry.lane, entry.seq), "ts": env.ts, "type": env.type,
-            "body": env.body}
+    ack_state = None
+    if entry.acked_by is not None:
+        ack_state = "acked"
+    elif entry.epoch == (latest or entry.epoch) and needs_operator_ack(env, operator_lanes):
+        ack_state = "owed"
+    msg = {"n": entry.n, "epoch": entry.epoch.hex(), "lane": entry.lane,
+           "precedence": NAMES[entry.lane], "seq": entry.seq,
+           "id": message_id(entry.lane, entry.seq), "ts": env.ts, "type": env.type,
+           "body": env.body, "ack_state": ack_state,
+           "acked_by": None if entry.acked_by is None else message_id(*entry.acked_by)}
+    note = describe(env)
+    if note is not None:
+        msg["note"] = note
+    return msg
 
 
 def _count_replies(queue: trio.MemoryReceiveChannel[_Queued]) -> int:

@@ -107,7 +107,6 @@ def metrics_snapshot(endpoint: Endpoint, now: float, up_since: float) -> Metrics
     for item in status.operator_pending:
         pending[NAMES[parse_message_id(item.id)[0]]] += 1
     counters = endpoint.counters
-    drill = status.last_drill
     return MetricsSnapshot(
         link_up=any(p.state == "up" for p in status.paths),
         paths=tuple(PathMetrics(p.url, p.state == "up",
@@ -120,6 +119,6 @@ def metrics_snapshot(endpoint: Endpoint, now: float, up_since: float) -> Metrics
         last_heard_seconds=min(heard) if heard else now - up_since,
         packets_dropped=dropped,
         handshakes=dict(counters.handshakes),
-        drill_last_success=None if drill is None else drill.get("last_success"),
+        drill_last_success=endpoint.operator.drills.last_success_at,
         alerts=endpoint.alert_policy.counts,
     )

@@ -37,7 +37,9 @@ from hotline.errors import ConfigError
 from hotline.keyfile import load_identity
 from hotline.proto.endpoint import Endpoint, EndpointSettings
 from hotline.proto.identity import Identity, PublicKey
+from hotline.proto.lanes import parse_lane
 from hotline.proto.link import LinkSettings, PathSpec
+from hotline.proto.operator import OperatorSettings
 from hotline.proto.supervision import AlertSettings
 from hotline.store import Store
 from hotline.transport.events import PathTransport
@@ -97,7 +99,17 @@ def endpoint_settings(config: Config) -> EndpointSettings:
     """The endpoint's tunables from the config."""
     return EndpointSettings(link=link_settings(config), peer_name=config.peer_name,
                             log_every=config.log_every, max_backlog=config.max_backlog,
-                            alerts=AlertSettings(config.alert_after, config.alert_every))
+                            alerts=AlertSettings(config.alert_after, config.alert_every),
+                            operator=operator_settings(config))
+
+
+def operator_settings(config: Config) -> OperatorSettings:
+    """Operator acknowledgement and drills (DESIGN §9, §10) from the config."""
+    return OperatorSettings(
+        ack_lanes=frozenset(map(parse_lane, config.operator_ack)),
+        deadlines={parse_lane(name): s for name, s in config.operator_deadline.items()},
+        drill_every=config.drill_every, drill_operator=config.drill_operator,
+        drill_deadline=config.drill_deadline)
 
 
 async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Identity,
@@ -110,7 +122,8 @@ async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Ide
     worker = StoreWorker(store, submit)
     transports: dict[int, PathTransport] = {}
     tcp_paths, udp = _make_transports(config, submit, transports)
-    control = ControlServer(submit, worker, logger, _uid_logger(logger))
+    control = ControlServer(submit, worker, logger, _uid_logger(logger),
+                            operator_lanes=endpoint.settings.operator.ack_lanes)
     supervision = Supervision(config, logger, trio.current_time())
     runner = Runner(endpoint, inputs, worker, transports, logger, notifier, supervision,
                     inbox_changed=control.inbox_changed)

@@ -27,6 +27,10 @@ new ones — so an id is never stored twice), the backlog window of each lane (r
 the store as acks move it), and what a store that went back in time needs: a peer
 acknowledging more than our store holds, or other bytes, makes us start a new epoch
 and re-send our unacknowledged backlog in it (DESIGN §4b).
+
+Operator acknowledgement and drills (DESIGN §9, §10) are ``operator.py``'s: the
+endpoint hands its ``OperatorDesk`` the requests, store results and batches it cares
+about, and seals the envelopes it orders (each seam is marked ``OPERATOR SEAM``).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.lanes import LANES, lane_name, message_id
 from hotline.proto.link import Link, LinkSettings, Outbound, PathSpec, Received
 from hotline.proto.notices import AUTH_KINDS, CRIT, Narrator, Notice, heartbeat_notice
+from hotline.proto.operator import OPERATOR_JOBS, OperatorDesk, OperatorSettings
 from hotline.proto.records import (
     AckRecord,
     Carry,
@@ -82,7 +87,9 @@ from hotline.proto.records import (
 )
 from hotline.proto.requests import (
     Acknowledged,
+    DrillRequest,
     EndpointRequest,
+    OperatorAckRequest,
     Outcome,
     Refused,
     SendRequest,
@@ -109,6 +116,7 @@ class EndpointSettings:
     log_every: float = 60.0
     max_backlog: int = 10_000_000
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    operator: OperatorSettings = field(default_factory=OperatorSettings)
 
 
 @dataclass
@@ -199,6 +207,9 @@ class Endpoint:
         self._carry_reading = False
         self._out = Outputs()
         self._status_line = ""
+        # OPERATOR SEAM: operator acknowledgement and drills (proto/operator.py).
+        self.operator = OperatorDesk(settings.operator, settings.peer_name, now,
+                                     self.link.wall_ns)
 
     # --- inputs -------------------------------------------------------------------
 
@@ -212,6 +223,9 @@ class Endpoint:
         """
         if isinstance(request, SendRequest):
             self._on_send(request, token, conversation, now)
+        elif isinstance(request, OperatorAckRequest | DrillRequest) or (
+                isinstance(request, WaitRequest) and request.operator):  # OPERATOR SEAM
+            self.operator.request(request, token, self.link.epoch, now)
         elif isinstance(request, WaitRequest):
             self._on_wait(request, token, now)
         elif isinstance(request, StatusRequest):
@@ -241,13 +255,15 @@ class Endpoint:
         """A store job finished with ``result`` (see ``records.py``)."""
         if isinstance(job, Commit):
             assert isinstance(result, Committed)
-            self._on_committed(result)
+            self._on_committed(result, now)
         elif isinstance(job, ReadOutgoing):
             assert isinstance(result, list)
             self._on_read(job, result, now)
         elif isinstance(job, ReadChain):
             assert result is None or isinstance(result, bytes)
             self.link.on_chain(job.epoch, job.lane, job.seq, result)
+        elif isinstance(job, OPERATOR_JOBS):  # OPERATOR SEAM
+            self.operator.store_done(job, result, now)
         else:
             assert isinstance(result, dict)
             self._on_ids_found(result, now)
@@ -267,6 +283,8 @@ class Endpoint:
             pending, self._id_lookup = self._id_lookup, None
             self._refuse(pending.token, pending.conversation,
                          Refused(StoreFailedError, f"nothing stored: {error}"))
+        elif isinstance(job, OPERATOR_JOBS):  # OPERATOR SEAM
+            self.operator.store_failed(job, error)
 
     # --- outputs ------------------------------------------------------------------
 
@@ -278,6 +296,7 @@ class Endpoint:
         self._want_reads()
         self._next_id_send()
         self._expire_waiters(now)
+        self._operator_poll(now)
         self._out.packets.extend(self.link.packets_to_send(now))
         self._start_commit()
         self._heartbeat(now)
@@ -297,7 +316,7 @@ class Endpoint:
     def get_timer(self) -> float | None:
         """The next instant ``poll`` must run even if nothing arrives."""
         deadlines = [self.link.get_timer(), self.narrator.next_heartbeat,
-                     self.alert_policy.get_timer()]
+                     self.alert_policy.get_timer(), self.operator.get_timer()]  # OPERATOR SEAM
         deadlines.extend(w.deadline for w in self._waiters)
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -322,6 +341,8 @@ class Endpoint:
             skew_ms=skews[0] / 1e6 if skews else None,
             session_age_s=link.sessions.session_age(now),
             dropped=dict(self.narrator.dropped), epoch=link.epoch.hex(),
+            operator_pending=self.operator.pending_items(now),  # OPERATOR SEAM
+            operator_owed=self.operator.owed_items(now), last_drill=self.operator.drills.last,
         )
 
     # --- sends --------------------------------------------------------------------
@@ -407,7 +428,7 @@ class Endpoint:
         self._committing, self._batch = self._batch, _Batch()
         self._out.jobs.append(Commit(self._committing.store))
 
-    def _on_committed(self, result: Committed) -> None:
+    def _on_committed(self, result: Committed, now: float) -> None:
         done, self._committing = self._committing, None
         if done is None:
             raise LocalProtocolError("a commit finished that was never started")
@@ -425,6 +446,7 @@ class Endpoint:
             self.link.on_inbox_committed(epoch, lane, upto)
             if epoch == self.link.incoming[lane].epoch:
                 self._delivered[lane] = upto
+        self.operator.on_committed(done.store, result, now)  # OPERATOR SEAM
         for receipt in result.rejected_receipts:
             self._note(Notice("receipt", CRIT, {
                 "peer": self.settings.peer_name, "lane": lane_name(receipt.lane),
@@ -450,6 +472,8 @@ class Endpoint:
     def _on_event(self, event: Event, now: float) -> None:
         if isinstance(event, Delivered):
             self._on_delivered(event)
+            self._batch.store.operator_acks.extend(  # OPERATOR SEAM
+                self.operator.on_delivered(event.messages, self.link.epoch))
         elif isinstance(event, Acked):
             self._batch.store.ack(_ack_record(event))
             self._acked(event.epoch, event.lane, event.upto)
@@ -494,6 +518,7 @@ class Endpoint:
             self._batch.store.incoming.append(
                 Rejoin(event.epoch, lane, max(base, 1), "new peer epoch"))
             self._delivered[lane] = max(base, 1) - 1
+        self.operator.on_peer_epoch(event.epoch)  # OPERATOR SEAM
 
     def _on_fork(self, event: Forked, now: float) -> None:
         """Our store went back in time: start a new epoch, re-send our backlog in it."""
@@ -511,6 +536,7 @@ class Endpoint:
         self._sealers = [self._sequencer(epoch, lane, 0, bytes(32)) for lane in LANES]
         self._durable = [(0, bytes(32)) for _ in LANES]
         self._carry.extend(carry)
+        self.operator.on_our_epoch(old)  # OPERATOR SEAM
         resent = ",".join(f"{lane_name(c.lane)}:{c.after + 1}..{c.head}" for c in carry)
         self._note(Notice("epoch", CRIT, {
             "peer": self.settings.peer_name, "change": "our store went back in time",
@@ -570,7 +596,7 @@ class Endpoint:
     # --- waiters ------------------------------------------------------------------
 
     def _on_wait(self, request: WaitRequest, token: object, now: float) -> None:
-        if request.lane not in LANES or request.operator:
+        if request.lane not in LANES:
             self._reply(token, Refused(UsageError, "no such wait"))
             return
         timeout = MAX_WAIT if request.timeout is None else min(request.timeout, MAX_WAIT)
@@ -599,6 +625,30 @@ class Endpoint:
                 f"not acknowledged: the peer holds {lane_name(waiter.lane)} up to "
                 f"{message_id(waiter.lane, acked) if acked else 'nothing'}")))
         self._waiters = still
+
+    # --- operator acknowledgement and drills ---------------------------------------
+
+    def _operator_poll(self, now: float) -> None:
+        """OPERATOR SEAM: seal what the desk orders into the batch; pass on the rest."""
+        out = self.operator.poll(now)
+        for order in out.orders:
+            sealed = [self._seal(None, SendRequest(s.type, (s.body,), s.lane), [s.body], (),
+                                 now)[0] for s in order.seals]
+            records, ids = order.complete(self.link.epoch, sealed)
+            self._batch.store.operator_acks.extend(records)
+            if order.token is not None:
+                self._batch.replies.append((order.token, ids))
+        self._out.jobs.extend(out.jobs)
+        self._out.replies.extend(out.replies)
+        self._out.notices.extend(out.notices)
+        for notice in out.notices:  # what pages a person (DESIGN §10)
+            fields = notice.fields
+            if notice.kind == "operator_overdue":
+                self.alert_policy.on_operator_overdue(
+                    str(fields["id"]), str(fields["lane"]), float(fields["age_s"]), now)  # type: ignore[arg-type]
+            elif notice.kind == "drill_failed":
+                self.alert_policy.on_drill_failed(str(fields["id"]),
+                                                  str(fields.get("reason", "")), now)
 
     # --- output helpers -----------------------------------------------------------
 

@@ -15,6 +15,10 @@ commit sees that commit.
 * ``ReadChain`` — the chain hash of one of our stored envelopes, to check an
   acknowledgement for a seq that is not in memory.
 * ``LookupSendIds`` — which idempotency ids (``send --id``) are already stored.
+* ``ReadIncoming``, ``ReadOperatorAcks``, ``ReadOperatorState`` — operator
+  acknowledgement and drills (DESIGN §9, §10; ``operator.py``): the peer's messages our
+  operator acknowledges, which of ours the peer's operator acknowledged, and what
+  awaits an operator at start-up.
 
 Records carry exactly the bytes that were signed; the store never parses network bytes.
 """
@@ -114,6 +118,11 @@ class OperatorAckRecord:
     ack_epoch: bytes
     ack_lane: int
     ack_seq: int
+    # The acknowledged envelope's chain hash, as the ack envelope names it. For ``ours``
+    # the store keeps the record only if it equals our stored chain at (lane, seq) in one
+    # of our epochs (and files it under that epoch; ``epoch`` is only the endpoint's
+    # guess, its current one): a peer cannot acknowledge what we never sent.
+    chain: bytes = b""
 
 
 @dataclass
@@ -143,7 +152,8 @@ class StoreBatch:
         for ack in failed.acks.values():
             self.ack(ack)
         self.receipts[:0] = failed.receipts
-        self.operator_acks[:0] = failed.operator_acks
+        # Operator acks are not taken over: each belongs to an ack envelope of the failed
+        # batch (ours: rolled back, its client refused; the peer's: resent by the peer).
         if failed.handshake_ts is not None:
             self.handshake_ts = max(self.handshake_ts or 0, failed.handshake_ts)
 
@@ -165,9 +175,14 @@ class Commit:
 @dataclass(frozen=True, slots=True)
 class Committed:
     """``Commit`` succeeded. ``rejected_receipts``: receipts that did not sign our own
-    stored transcript (wrong chain, or above our head), not stored (DESIGN §4b)."""
+    stored transcript (wrong chain, or above our head), not stored (DESIGN §4b).
+    ``operator_acks``: the peer's operator acknowledgements (``ours``) stored, each filed
+    under the epoch of ours its chain matched; ``rejected_operator_acks``: those whose
+    chain matches none of our stored envelopes, not stored (DESIGN §9)."""
 
     rejected_receipts: Sequence[ReceiptRecord] = ()
+    operator_acks: Sequence[OperatorAckRecord] = ()
+    rejected_operator_acks: Sequence[OperatorAckRecord] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +211,61 @@ class LookupSendIds:
     ids: tuple[str, ...]
 
 
-StoreJob = Commit | ReadOutgoing | ReadChain | LookupSendIds
-StoreResult = Committed | list[OutRecord] | bytes | None | dict[str, tuple[int, int]]
+# --- operator acknowledgement and drills (DESIGN §9, §10; operator.py) ------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIncoming:
+    """The peer's envelopes ``ids`` ((lane, seq)) of its latest epoch (``hotline ack``);
+    result: one ``IncomingMessage`` or None (not stored) per id, in order."""
+
+    ids: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """One of the peer's envelopes and, if our operator acknowledged it already, our ack
+    envelope's (lane, seq)."""
+
+    record: InRecord
+    acked_by: tuple[int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOperatorAcks:
+    """Which seqs ``first..upto`` of our ``lane`` of ``epoch`` the peer's operator has
+    acknowledged (result: a frozenset of seqs)."""
+
+    epoch: bytes
+    lane: int
+    first: int
+    upto: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOperatorState:
+    """At start-up: envelopes that no operator acknowledged yet, newest first, at most
+    ``limit`` per direction — ours of ``our_lanes``, the peer's of ``their_lanes`` (the
+    endpoint keeps those that need an acknowledgement)."""
+
+    our_lanes: tuple[int, ...]
+    their_lanes: tuple[int, ...]
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorState:
+    """``ReadOperatorState``'s result: ours of our current epoch not acknowledged by the
+    peer's operator, and the peer's of its latest epoch not acknowledged by ours."""
+
+    ours: tuple[OutRecord, ...]
+    theirs: tuple[InRecord, ...]
+
+
+StoreJob = (Commit | ReadOutgoing | ReadChain | LookupSendIds | ReadIncoming
+            | ReadOperatorAcks | ReadOperatorState)
+StoreResult = (Committed | list[OutRecord] | bytes | None | dict[str, tuple[int, int]]
+               | tuple[IncomingMessage | None, ...] | frozenset[int] | OperatorState)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,14 @@ def free_port_pair(host: str = "127.0.0.1") -> int:
     raise OSError("no port free for both TCP and UDP")
 
 
+def _toml_value(value: Any) -> str:
+    """A TOML value: JSON's spelling, but a dict is an inline table."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
 def _url(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
@@ -149,7 +157,7 @@ class LoopbackPair:
             f'state_dir = "state/{node.name}"',
         ]
         settings = {**self.settings, **self.node_settings.get(node.name, {})}
-        lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
         lines += [
             "",
             "[peer]",

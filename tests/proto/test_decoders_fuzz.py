@@ -38,7 +38,7 @@ from hotline.errors import (
     RemoteProtocolError,
     ReplayError,
 )
-from hotline.proto import control, frames
+from hotline.proto import bodies, control, frames
 from hotline.proto import envelope as ev
 from hotline.proto.cookie import CookieChecker, CookieJar, check_cookie_reply_untrusted
 from hotline.proto.framing import (
@@ -262,6 +262,13 @@ OTHERS = [
             tuple(f[4:] for f in _REPLY_FRAMES)),
     Decoder("control_frame_buffer", lambda: control.FrameBuffer().feed_untrusted, (LimitError,),
             (b"".join(_REQUEST_FRAMES), *_REPLY_FRAMES)),
+    Decoder("operator_ack", _stateless(bodies.decode_ack_untrusted), MAX_ONLY, (
+        bodies.encode_ack(bodies.AckBody(FLASH, 3, bytes(32), "seen")),
+        bodies.encode_ack(bodies.AckBody(ROUTINE, 2**63 - 1, bytes(range(32)))))),
+    Decoder("drill", _stateless(bodies.decode_drill_untrusted), MAX_ONLY, (
+        bodies.encode_drill(bodies.DrillCall(True, 600.0)),
+        bodies.encode_drill(bodies.DrillCall(False, 0)),
+        bodies.encode_answer(bodies.DrillAnswer(2, 7, bytes(32))))),
 ]
 
 
@@ -377,6 +384,8 @@ _FUZZED_HERE = {
     "guard.HandshakeGuard.screen_initiation_untrusted": "guard.screen_initiation",
     "cookie.CookieJar.consume_reply_untrusted": "cookie_jar",
     "cookie.check_cookie_reply_untrusted": "cookie_reply",
+    "bodies.decode_ack_untrusted": "operator_ack",
+    "bodies.decode_drill_untrusted": "drill",
 }
 
 
