@@ -43,6 +43,8 @@ RunnerInput = PacketIn | PathConnected | PathDisconnected | ClientCall | Convers
 # Backstop: wake at least this far ahead, so that a deadline the endpoint failed to move
 # on (a bug) costs a little latency instead of a core spinning at 100%.
 _MIN_SLEEP = 0.0005
+# Polls per turn when store jobs run inline (each result may make the next job).
+_INLINE_ROUNDS = 4
 
 
 class Runner:
@@ -115,12 +117,14 @@ class Runner:
                 self._feed(item, now)
             except Exception as err:  # contained: one input must not end the daemon
                 self._contain(type(item).__name__, err)
-        try:
-            out = self.endpoint.poll(now)
-        except Exception as err:
-            self._contain("poll", err)
-            out = Outputs()
-        self._act(out)
+        for _ in range(_INLINE_ROUNDS):
+            try:
+                out = self.endpoint.poll(now)
+            except Exception as err:
+                self._contain("poll", err)
+                out = Outputs()
+            if not self._act(out, now):
+                break
         self.heartbeat_alive_at = now
         if self.endpoint.idle:
             self._idle.set()
@@ -148,7 +152,8 @@ class Runner:
         else:
             endpoint.store_failed(item.job, item.error, now)
 
-    def _act(self, out: Outputs) -> None:
+    def _act(self, out: Outputs, now: float) -> bool:
+        """Carry out ``out``; True if a store job ran inline (poll again this turn)."""
         for packet in out.packets:
             transport = self._transports.get(packet.path_id)
             if transport is None:
@@ -164,8 +169,14 @@ class Runner:
             transport = self._transports.get(path_id)
             if transport is not None:
                 transport.reset()
+        inline = False
         for job in out.jobs:
-            self._store.submit(job)
+            if self._store.idle:  # the idle fast path: no thread hand-off
+                result = self._store.run_inline(job)
+                self._feed(result, now)
+                inline = True
+            else:
+                self._store.submit(job)
         for token, outcome in out.replies:
             if isinstance(token, Reply):
                 token.set(outcome)
@@ -175,9 +186,9 @@ class Runner:
             self._notifier.status(out.status_line)
         if out.inbox_grew:
             self._inbox_changed()
-        now = trio.current_time()
         self._supervision.after_turn(
             now, out.alerts, lambda: metrics_snapshot(self.endpoint, now, self._started))
+        return inline
 
     def _contain(self, what: str, err: Exception) -> None:
         detail = "".join(traceback.format_exception(err)).strip()
