@@ -143,8 +143,11 @@ def _send(p: argparse.ArgumentParser) -> None:
 def _inbox(p: argparse.ArgumentParser) -> None:
     _link_options(p)
     p.description = INBOX_TEXT_HELP
-    p.add_argument("--since", type=_message_id, default=None, metavar="ID",
-                   help="only messages received after message ID (Z17, O4, P9, 1234)")
+    since = p.add_mutually_exclusive_group()
+    since.add_argument("--since", type=_message_id, default=None, metavar="ID",
+                       help="only messages received after message ID (Z17, O4, P9, 1234)")
+    since.add_argument("--after", type=int, default=0, metavar="N",
+                       help="only messages after inbox cursor N (the 'n' of --json)")
     p.add_argument("--follow", action="store_true", help="keep printing new messages")
     p.add_argument("--pending", action="store_true",
                    help="only messages still owed our operator's acknowledgement")

@@ -553,12 +553,23 @@ class Store:
                 for n, e, lane, seq, raw, sig, ack_lane, ack_seq in rows]
 
     def inbox_cursor(self, lane: int, seq: int) -> int:
-        """The cursor just after message ``seq`` of ``lane`` in the peer's latest epoch
-        (``inbox --since``): its own ``n``, else that of the last message of that lane
-        at or below ``seq``, else 0 (from the beginning)."""
+        """The cursor just after message ``seq`` of ``lane`` (``inbox --since``).
+
+        The message itself, in the newest peer epoch that holds it — so an id of an
+        older epoch, after the peer's store was reset, skips nothing of the new one;
+        else the last message of that lane below ``seq`` in the latest epoch; else 0
+        (from the beginning). An id both epochs hold means the newer one: a script
+        that must not guess keeps the exact cursor ``n`` of ``inbox --json``.
+        """
         epochs = self.peer_epochs()
         if not epochs or seq <= 0:
             return 0
+        for epoch in reversed(epochs):
+            row = self._db.execute(
+                "SELECT n FROM incoming WHERE epoch = ? AND lane = ? AND seq = ?",
+                (epoch, lane, seq)).fetchone()
+            if row is not None:
+                return int(row[0])
         row = self._db.execute(
             "SELECT n FROM incoming WHERE epoch = ? AND lane = ? AND seq <= ?"
             " ORDER BY seq DESC LIMIT 1", (epochs[-1], lane, seq)).fetchone()

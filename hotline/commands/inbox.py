@@ -12,10 +12,11 @@ Three output forms; only ``--raw`` writes the peer's bytes as they are:
   on its own line after ``  | ``, and on a terminal, a line too long for it cut and
   continued after ``  + ``. Control and format characters and invalid UTF-8 are shown
   escaped (``\\x1b``, ``\\u202e``, a backslash as ``\\\\``): hotline/textsafe.py.
-* ``--json``: one object per line, ``{id, precedence, seq, ts, type, body, ack_state,
-  acked_by}`` (``body_b64`` when the body is not UTF-8; ``ack_state`` ``"owed"``,
-  ``"acked"`` or null; ``note`` for an ack or a drill), ``epoch`` (the peer's, hex) on
-  the first message and whenever it changes; JSON escapes every control character.
+* ``--json``: one object per line, ``{n, id, precedence, seq, ts, type, body,
+  ack_state, acked_by}`` (``n`` is the inbox cursor: ``--after N`` continues exactly
+  after it, whatever the peer's epochs; ``body_b64`` when the body is not UTF-8;
+  ``ack_state`` ``"owed"``, ``"acked"`` or null; ``note`` for an ack or a drill),
+  ``epoch`` (the peer's, hex) on the first message and whenever it changes; JSON escapes every control character.
 
 ``--pending`` lists only the messages our operator still owes an acknowledgement
 (acknowledge them with ``hotline ack ID…``).
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     config = load(args)
     epoch = None
     with open_client(config) as client:
-        client.send(InboxRequest(since=args.since, follow=args.follow, pending=args.pending))
+        client.send(InboxRequest(cursor=args.after, since=args.since, follow=args.follow,
+                                 pending=args.pending))
         for reply in client.replies():
             if reply.get("end"):
                 break
@@ -102,7 +104,7 @@ def _ack_state(msg: dict[str, Any]) -> str:
 
 def _print_json(msg: dict[str, Any], new_epoch: bool) -> None:
     body: bytes = msg["body"]
-    out: dict[str, Any] = {"id": msg["id"], "precedence": msg["precedence"],
+    out: dict[str, Any] = {"n": msg["n"], "id": msg["id"], "precedence": msg["precedence"],
                            "seq": msg["seq"], "ts": msg["ts"], "type": msg["type"],
                            "ack_state": msg.get("ack_state"), "acked_by": msg.get("acked_by")}
     if "note" in msg:

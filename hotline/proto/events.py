@@ -134,6 +134,17 @@ class Forked:
 
 
 @dataclass(frozen=True)
+class PeerLostOurs:
+    """The peer's store lost our ``lane`` of ``epoch`` from ``first`` to ``last`` after
+    acknowledging it (restored from an older copy): name it, it cannot be re-sent."""
+
+    epoch: bytes
+    lane: int
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
 class ChainWanted:
     """Read our stored chain hash at ``upto`` of ``lane`` and call ``Link.on_chain``."""
 
@@ -145,5 +156,6 @@ class ChainWanted:
 Event = (
     PathUp | PathDown | PrimaryChanged | HandshakeComplete | Dropped | ResetPath
     | Delivered | Acked | ReceiptReceived | NewEpoch | GapFound | Forked | ChainWanted
+    | PeerLostOurs
     | InitiationAccepted
 )

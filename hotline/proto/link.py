@@ -64,6 +64,7 @@ from hotline.proto.events import (
     NewEpoch,
     PathDown,
     PathUp,
+    PeerLostOurs,
     PrimaryChanged,
     ReceiptReceived,
     ResetPath,
@@ -87,7 +88,14 @@ from hotline.proto.heartbeat import PathHealth, make_pong
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.incoming import IncomingStream
 from hotline.proto.lanes import FLASH, IMMEDIATE, LANES
-from hotline.proto.outgoing import AckOutcome, Advanced, Fork, NeedChain, OutgoingStream
+from hotline.proto.outgoing import (
+    AckOutcome,
+    Advanced,
+    Fork,
+    NeedChain,
+    OutgoingStream,
+    PeerLost,
+)
 from hotline.proto.packet import (
     PACKET_COOKIE_REPLY,
     PACKET_INITIATION,
@@ -493,6 +501,8 @@ class Link:
             self._events.append(Forked(epoch, lane, outcome))
         elif isinstance(outcome, NeedChain):
             self._events.append(ChainWanted(epoch, lane, outcome.upto))
+        elif isinstance(outcome, PeerLost):
+            self._events.append(PeerLostOurs(epoch, lane, outcome.first, outcome.last))
 
     def _on_hello(self, hello: Hello, now: float) -> None:
         self._learn_peer_epoch(hello)

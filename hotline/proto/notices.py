@@ -31,6 +31,7 @@ from hotline.proto.events import (
     NewEpoch,
     PathDown,
     PathUp,
+    PeerLostOurs,
     PrimaryChanged,
 )
 from hotline.proto.lanes import lane_name, message_id
@@ -77,6 +78,7 @@ class Narrator:
     log_every: float
     dropped: dict[str, int] = field(default_factory=dict)
     _auth: dict[str, tuple[float, int]] = field(default_factory=dict)
+    _lost_told: set[tuple[bytes, int, int]] = field(default_factory=set)
     _shape: tuple[object, ...] = ()
     _next_heartbeat: float = -math.inf
 
@@ -116,11 +118,26 @@ class Narrator:
                 "lost": f"{message_id(gap.lane, gap.first)}..{message_id(gap.lane, gap.last)}",
                 "reason": "our store went back in time (restored from an older copy?): "
                           "the peer no longer holds these messages"})
+        if isinstance(event, PeerLostOurs):
+            return self._peer_lost(event)
         if isinstance(event, Forked):
             return None  # the endpoint logs the new epoch it starts, with the ranges
         if isinstance(event, Dropped):
             return self._dropped(event, now)
         return None
+
+    def _peer_lost(self, event: PeerLostOurs) -> Notice | None:
+        """Once per loss: the peer repeats its HELLO until it hears from us."""
+        key = (event.epoch, event.lane, event.last)
+        if key in self._lost_told:
+            return None
+        self._lost_told.add(key)
+        first, last = message_id(event.lane, event.first), message_id(event.lane, event.last)
+        return Notice("gap", CRIT, {
+            "peer": self.peer, "lane": lane_name(event.lane), "epoch": event.epoch.hex(),
+            "lost": f"{first}..{last}", "side": "peer",
+            "reason": "the peer's store went back in time (restored from an older copy?): "
+                      "it no longer holds these messages it had acknowledged"})
 
     def internal(self, what: str, detail: str) -> Notice:
         """An unexpected exception while handling one input (contained, counted)."""

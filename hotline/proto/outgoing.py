@@ -72,7 +72,16 @@ class NeedChain:
     chain: bytes
 
 
-AckOutcome = Advanced | Fork | NeedChain | None
+@dataclass(frozen=True, slots=True)
+class PeerLost:
+    """The peer's HELLO says it holds less than it acknowledged: its store went back in
+    time and seqs ``first..last`` of ours are gone from it (we freed them already)."""
+
+    first: int
+    last: int
+
+
+AckOutcome = Advanced | Fork | NeedChain | PeerLost | None
 
 
 class _Pending:
@@ -252,6 +261,8 @@ class OutgoingStream:
         outcome = self._check(delivered)
         if isinstance(outcome, Advanced):
             self._advance(outcome.upto, outcome.chain)
+        elif outcome is None and delivered.upto < self.acked_upto:
+            outcome = PeerLost(delivered.upto + 1, self.acked_upto)
         self._sacked.clear()
         self._all_due()
         return outcome

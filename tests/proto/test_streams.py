@@ -26,7 +26,7 @@ from hotline.proto.frames import Ack, Data, Position
 from hotline.proto.identity import Identity
 from hotline.proto.incoming import Accepted, Gap, IncomingStream
 from hotline.proto.lanes import FLASH, ROUTINE
-from hotline.proto.outgoing import Advanced, Fork, NeedChain, OutgoingStream
+from hotline.proto.outgoing import Advanced, Fork, NeedChain, OutgoingStream, PeerLost
 from hotline.proto.records import OutRecord
 from hotline.proto.rtt import INITIAL_RTO, MAX_RTO, MIN_RTO
 from hotline.proto.sequencer import LaneSequencer
@@ -216,7 +216,9 @@ def test_hello_acks_and_resends_everything() -> None:
     out.on_ack(ack(0, ((4, 4),)), 0.1)
     assert out.on_hello(at(2), 0.5) == Advanced(2, chain(2))
     assert seqs(out.frames_to_send(0.5)) == [3, 4, 5]  # the hold on 4 is forgotten
-    assert out.on_hello(at(0), 0.6) is None  # a receiver that holds nothing of ours
+    # a receiver that holds nothing of ours any more, after acknowledging 1..2: its store
+    # went back in time, and the loss is named (DESIGN §4b)
+    assert out.on_hello(at(0), 0.6) == PeerLost(1, 2)
     assert seqs(out.frames_to_send(0.6)) == [3, 4, 5]
 
 
