@@ -16,7 +16,8 @@ Three output forms; only ``--raw`` writes the peer's bytes as they are:
   ack_state, acked_by}`` (``n`` is the inbox cursor: ``--after N`` continues exactly
   after it, whatever the peer's epochs; ``body_b64`` when the body is not UTF-8;
   ``ack_state`` ``"owed"``, ``"acked"`` or null; ``note`` for an ack or a drill),
-  ``epoch`` (the peer's, hex) on the first message and whenever it changes; JSON escapes every control character.
+  ``epoch`` (the peer's, hex) on the first message and whenever it changes; JSON
+  escapes every control character.
 
 ``--pending`` lists only the messages our operator still owes an acknowledgement
 (acknowledge them with ``hotline ack ID…``).
