@@ -43,7 +43,7 @@ more, so a restart never hides it. An ack from the peer's operator is an
 ``result=refused`` (3).
 
 Bounds: at most ``MAX_TRACKED`` (10,000) pending and as many owed, the oldest dropped
-beyond (counted in ``untracked``); status lists the ``STATUS_ITEMS`` (1,000) oldest.
+beyond (counted in ``dropped``); status lists the ``STATUS_ITEMS`` (1,000) oldest.
 At start-up one store read resumes both from the newest ``RESUME_SCAN`` (20,000)
 unacknowledged envelopes per direction of the lanes concerned.
 """
@@ -55,6 +55,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from hotline.errors import (
     NotAcknowledgedError,
@@ -180,6 +181,79 @@ class _Awaited:
     noted: bool = False  # operator_overdue said
 
 
+_Row = tuple[str, float, float | None]  # (message id, born, deadline)
+
+
+class _Awaiting:
+    """Messages awaiting an operator, in the order stored (so oldest first), at most
+    ``MAX_TRACKED``. The rows status shows are kept until the table changes: status is
+    built every loop turn, and must not cost a loop over the table each time."""
+
+    def __init__(self) -> None:
+        self.items: dict[_Key, _Awaited] = {}
+        self.dropped = 0  # the oldest forgotten beyond MAX_TRACKED
+        self._rows: tuple[_Row, ...] | None = None
+
+    def add(self, key: _Key, item: _Awaited) -> bool:
+        """Track ``key`` (False: it already is)."""
+        if key in self.items:
+            return False
+        self.items[key] = item
+        if len(self.items) > MAX_TRACKED:
+            del self.items[next(iter(self.items))]
+            self.dropped += 1
+        self._rows = None
+        return True
+
+    def pop(self, key: _Key) -> _Awaited | None:
+        """Stop tracking ``key``; what was tracked, if anything."""
+        item = self.items.pop(key, None)
+        if item is not None:
+            self._rows = None
+        return item
+
+    def keep(self, wanted: Callable[[_Key], bool]) -> None:
+        """Forget every key not ``wanted``."""
+        self.items = {k: v for k, v in self.items.items() if wanted(k)}
+        self._rows = None
+
+    def view(self, now: float) -> OperatorItems:
+        """The ``STATUS_ITEMS`` oldest, as status shows them at ``now``."""
+        if self._rows is None:
+            self._rows = tuple((message_id(lane, seq), item.born, item.deadline)
+                               for (_epoch, lane, seq), item
+                               in itertools.islice(self.items.items(), STATUS_ITEMS))
+        return OperatorItems(self._rows, now)
+
+
+class OperatorItems(Sequence[OperatorItem]):
+    """``operator_pending``/``operator_owed`` at one instant; each ``OperatorItem`` is
+    made only when read (most snapshots are only read for their heartbeat shape)."""
+
+    def __init__(self, rows: tuple[_Row, ...], now: float) -> None:
+        self._rows = rows
+        self._now = now
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> OperatorItem: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[OperatorItem]: ...
+
+    def __getitem__(self, index: int | slice) -> OperatorItem | Sequence[OperatorItem]:
+        if isinstance(index, slice):
+            return [self._item(row) for row in self._rows[index]]
+        return self._item(self._rows[index])
+
+    def _item(self, row: _Row) -> OperatorItem:
+        mid, born, deadline = row
+        return OperatorItem(mid, round(self._now - born, 3),
+                            None if deadline is None else round(born + deadline - self._now, 3))
+
+
 @dataclass
 class _Waiter:
     token: object
@@ -215,9 +289,8 @@ class OperatorDesk:
         self.settings = settings
         self._peer = peer
         self._wall_ns = wall_ns
-        self.pending: dict[_Key, _Awaited] = {}
-        self.owed: dict[_Key, _Awaited] = {}
-        self.untracked = 0
+        self.pending = _Awaiting()
+        self.owed = _Awaiting()
         self.drills = DrillBook(peer, settings.drill_every, settings.drill_operator,
                                 settings.drill_deadline, now)
         self._due: list[tuple[float, _Key]] = []  # heap of pending deadlines
@@ -358,7 +431,7 @@ class OperatorDesk:
                 self._ours_stored(out, now)
         for record in batch.operator_acks:
             if not record.ours:
-                self.owed.pop((record.epoch, record.lane, record.seq), None)
+                self.owed.pop((record.epoch, record.lane, record.seq))
         for record in committed.operator_acks:
             self._their_ack_stored(record, now)
         for record in committed.rejected_operator_acks:
@@ -409,7 +482,7 @@ class OperatorDesk:
 
     def _their_ack_stored(self, record: OperatorAckRecord, now: float) -> None:
         key = (record.epoch, record.lane, record.seq)
-        item = self.pending.pop(key, None)
+        item = self.pending.pop(key)
         self.drills.on_operator_ack(record.chain, now)
         for waiter in [w for w in self._waiters if (w.epoch, w.lane) == key[:2]
                        and w.first <= record.seq <= w.upto]:
@@ -428,7 +501,7 @@ class OperatorDesk:
     def on_our_epoch(self, old: bytes) -> None:
         """We abandoned our epoch ``old`` (our store went back in time); its backlog is
         re-sent in the new one, and pending again from there."""
-        self.pending = {k: v for k, v in self.pending.items() if k[0] != old}
+        self.pending.keep(lambda key: key[0] != old)
         self.drills.forget_epoch(old)
         for waiter in [w for w in self._waiters if w.epoch == old]:
             self._waiters.remove(waiter)
@@ -438,7 +511,7 @@ class OperatorDesk:
 
     def on_peer_epoch(self, epoch: bytes) -> None:
         """The peer started epoch ``epoch``: acks of its older messages can reach nobody."""
-        self.owed = {k: v for k, v in self.owed.items() if k[0] == epoch}
+        self.owed.keep(lambda key: key[0] == epoch)
 
     # --- time and outputs ---------------------------------------------------------
 
@@ -464,25 +537,25 @@ class OperatorDesk:
         earliest = min(deadlines)
         return None if earliest == float("inf") else earliest
 
-    def pending_items(self, now: float) -> list[OperatorItem]:
+    def pending_items(self, now: float) -> OperatorItems:
         """``operator_pending``: ours awaiting the peer's operator, oldest first."""
-        return _items(self.pending, now)
+        return self.pending.view(now)
 
-    def owed_items(self, now: float) -> list[OperatorItem]:
+    def owed_items(self, now: float) -> OperatorItems:
         """``operator_owed``: the peer's awaiting our operator, oldest first."""
-        return _items(self.owed, now)
+        return self.owed.view(now)
 
     def pending_counts(self) -> list[int]:
         """Pending messages per lane (flash first), for metrics."""
         counts = [0 for _ in LANES]
-        for _epoch, lane, _seq in self.pending:
+        for _epoch, lane, _seq in self.pending.items:
             counts[lane] += 1
         return counts
 
     def _overdue(self, now: float) -> None:
         while self._due and self._due[0][0] <= now:
             _, key = heapq.heappop(self._due)
-            item = self.pending.get(key)
+            item = self.pending.items.get(key)
             if item is None or item.noted:
                 continue
             item.noted = True
@@ -491,7 +564,7 @@ class OperatorDesk:
                        age_s=round(now - item.born, 3), deadline_s=item.deadline)
 
     def _stale(self, key: _Key) -> bool:
-        item = self.pending.get(key)
+        item = self.pending.items.get(key)
         return item is None or item.noted
 
     def _expire_waiters(self, now: float) -> None:
@@ -508,19 +581,16 @@ class OperatorDesk:
         self._waiters.remove(waiter)
         self._reply(waiter.token, Acknowledged(waiter.lane, waiter.upto))
 
-    def _await(self, table: dict[_Key, _Awaited], key: _Key, ts_ns: int,
-               deadline: float | None, now: float) -> None:
-        if key in table:
-            return
+    def _await(self, table: _Awaiting, key: _Key, ts_ns: int, deadline: float | None,
+               now: float) -> None:
         born = now - max(0.0, (self._wall_ns(now) - ts_ns) / 1e9)
-        table[key] = _Awaited(born, deadline)
-        if len(table) > MAX_TRACKED:
-            del table[next(iter(table))]
-            self.untracked += 1
+        if not table.add(key, _Awaited(born, deadline)):
+            return
         if table is self.pending and deadline is not None:
             heapq.heappush(self._due, (born + deadline, key))
             if len(self._due) > 2 * MAX_TRACKED:  # acked ones linger until their due time
-                self._due = [(item.born + item.deadline, k) for k, item in self.pending.items()
+                self._due = [(item.born + item.deadline, k)
+                             for k, item in self.pending.items.items()
                              if item.deadline is not None and not item.noted]
                 heapq.heapify(self._due)
 
@@ -537,15 +607,6 @@ class OperatorDesk:
 
     def _reply(self, token: object, outcome: Outcome) -> None:
         self._out.replies.append((token, outcome))
-
-
-def _items(table: dict[_Key, _Awaited], now: float) -> list[OperatorItem]:
-    """The first ``STATUS_ITEMS`` in the order they were stored (oldest first; status is
-    built every loop turn, so no sort)."""
-    return [OperatorItem(message_id(lane, seq), round(now - item.born, 3),
-                         None if item.deadline is None
-                         else round(item.born + item.deadline - now, 3))
-            for (_epoch, lane, seq), item in itertools.islice(table.items(), STATUS_ITEMS)]
 
 
 def _decoded(raw: bytes) -> Envelope | None:
