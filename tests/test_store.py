@@ -426,11 +426,12 @@ def test_inbox_cursor_spans_epochs_and_lanes(store: Store) -> None:
     # and the new epoch, nothing skipped.
     assert [e.n for e in store.inbox_after(2)] == [3, 4, 5, 6, 7, 8]
     assert [e.n for e in store.inbox_after(2, limit=2)] == [3, 4]
-    # --since names a message of the peer's latest epoch.
+    # --since names a message: of the newest epoch that holds it.
     assert store.inbox_cursor(ROUTINE, 1) == 6
+    assert store.inbox_cursor(ROUTINE, 4) == 5  # only the old epoch has it: nothing skipped
     assert [e.seq for e in store.inbox_after(store.inbox_cursor(ROUTINE, 2))] == [3]
     assert store.inbox_cursor(ROUTINE, 99) == 8  # beyond: from its last message
-    assert store.inbox_cursor(FLASH, 1) == 0  # no flash in the latest epoch: from the start
+    assert store.inbox_cursor(FLASH, 1) == 3  # the old epoch's flash 1
     assert store.inbox_cursor(ROUTINE, 0) == 0
     assert store.peer_epochs() == [PEER_EPOCH, PEER_EPOCH2]
     assert store.get_incoming(ROUTINE, 4) is None  # the latest epoch by default
