@@ -391,6 +391,7 @@ class HandshakeState:
         """
         if not self.is_my_turn():
             raise LocalProtocolError("not our turn to write a handshake message")
+        self._check_psks_for(self.pattern.messages[self._index])
         out = bytearray()
         for token in self.pattern.messages[self._index]:
             out += self._write_token(token)
@@ -451,6 +452,7 @@ class HandshakeState:
         if len(message) > MAX_MESSAGE:
             raise LimitError("handshake message over 65535 bytes")
         tokens = self.pattern.messages[self._index]
+        self._check_psks_for(tokens)
         if len(message) < self._min_length(tokens):
             raise DecodeError("handshake message too short")
         saved = (self._symmetric.copy(), _Keys(**vars(self._keys)), self._psks_copy())
@@ -493,9 +495,13 @@ class HandshakeState:
                 sym.mix_key(self._dh_token(token))
         return sym.decrypt_and_hash(bytes(rest))
 
-    def _next_psk(self) -> bytes:
-        if not self._psks:
+    def _check_psks_for(self, tokens: Sequence[str]) -> None:
+        """Before a message is touched: its psk tokens have psks (a write is not undone)."""
+        if tokens.count("psk") > len(self._psks or ()):
             raise LocalProtocolError("a psk token with no psk set (set_psks)")
+
+    def _next_psk(self) -> bytes:
+        assert self._psks
         return self._psks.pop(0)
 
     def _psks_copy(self) -> list[bytes] | None:
