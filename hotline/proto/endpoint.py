@@ -60,6 +60,7 @@ from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.lanes import LANES, lane_name, message_id
 from hotline.proto.link import Link, LinkSettings, Outbound, PathSpec, Received
 from hotline.proto.notices import CRIT, Narrator, Notice, heartbeat_notice
+from hotline.proto.pq import RatchetDerived
 from hotline.proto.records import (
     AckRecord,
     Carry,
@@ -294,6 +295,7 @@ class Endpoint:
             skew_ms=skews[0] / 1e6 if skews else None,
             session_age_s=link.sessions.session_age(now),
             dropped=dict(self.narrator.dropped), epoch=link.epoch.hex(),
+            pq=link.sessions.pq,
         )
 
     # --- sends --------------------------------------------------------------------
@@ -393,6 +395,8 @@ class Endpoint:
             self.link.on_inbox_committed(epoch, lane, upto)
             if epoch == self.link.incoming[lane].epoch:
                 self._delivered[lane] = upto
+        if done.store.ratchet is not None:
+            self.link.on_ratchet_committed(done.store.ratchet)
         for receipt in result.rejected_receipts:
             self._note(Notice("receipt", CRIT, {
                 "peer": self.settings.peer_name, "lane": lane_name(receipt.lane),
@@ -430,6 +434,8 @@ class Endpoint:
             self._out.resets.append(event.path_id)
         elif isinstance(event, InitiationAccepted):
             self._batch.store.handshake_ts = event.timestamp_ns
+        elif isinstance(event, RatchetDerived):
+            self._batch.store.ratchet = event.record  # used once durable (_on_committed)
         else:
             if isinstance(event, NewEpoch):
                 self._on_new_peer_epoch(event)
