@@ -13,7 +13,9 @@ with ``tomllib`` into a frozen ``Config``:
 * Relative paths (``key``, ``state_dir``, ``control``, a ``peer.key`` file) are
   relative to the config file's directory.
 * The identity key: ``$CREDENTIALS_DIRECTORY/identity`` when systemd handed it over
-  with ``LoadCredential=identity:…`` (DESIGN §8), else ``key``.
+  with ``LoadCredential=identity:…`` (DESIGN §8), else ``key``. Likewise the optional
+  post-quantum pre-shared secret (DESIGN §11): ``$CREDENTIALS_DIRECTORY/psk``
+  (``LoadCredential=psk:…``), else ``psk_file``, else none.
 * ``control`` defaults to ``$RUNTIME_DIRECTORY/hotline.sock`` (the daemon under
   systemd), else ``state_dir/control.sock``. So that client commands run from a shell
   (no ``$RUNTIME_DIRECTORY``) still find a daemon run by ``hotline@LINK.service``,
@@ -53,6 +55,7 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _TOP_KEYS = {
     "key", "listen", "state_dir", "control", "heartbeat", "dead_after", "redundant",
     "log_every", "rekey_after", "max_message", "receipt_every", "max_backlog", "peer",
+    "psk_file",
 }
 _PEER_KEYS = {"name", "key", "paths"}
 
@@ -87,6 +90,7 @@ class Config:
     peer_name: str
     peer_key: PublicKey
     peer_paths: tuple[PathSpec, ...]
+    psk_file: Path | None = None  # the out-of-band pre-shared secret (DESIGN §11)
 
     @property
     def link(self) -> str:
@@ -242,7 +246,7 @@ class _Loader:
             max_message=self.max_message(), receipt_every=self.seconds("receipt_every", 1.0),
             max_backlog=self.integer("max_backlog", 100_000, 1, MAX_BACKLOG_LIMIT),
             peer_name=self.peer_name(peer), peer_key=self.peer_key(peer),
-            peer_paths=self.peer_paths(peer),
+            peer_paths=self.peer_paths(peer), psk_file=self.psk_file(),
         )
 
     def check_keys(self, table: Mapping[str, Any], known: set[str], prefix: str) -> None:
@@ -290,6 +294,14 @@ class _Loader:
         if "key" not in self.data:
             raise self.fail("missing key 'key' (our private key file)")
         return self.file_path(self.data["key"], "key")
+
+    def psk_file(self) -> Path | None:
+        creds = self.env.get("CREDENTIALS_DIRECTORY")
+        if creds and _credential_present(Path(creds) / "psk"):
+            return Path(creds) / "psk"
+        if "psk_file" not in self.data:
+            return None
+        return self.file_path(self.data["psk_file"], "psk_file")
 
     def state_dir(self) -> Path:
         if "state_dir" in self.data:

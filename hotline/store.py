@@ -574,6 +574,23 @@ def _runs(items: Sequence[InRecord | Rejoin]) -> Iterator[Rejoin | list[InRecord
         yield run
 
 
+def peek_ratchet(state_dir: Path) -> int | None:
+    """How many post-quantum ratchet secrets the store in ``state_dir`` holds (0..2),
+    read without opening it for writing (``hotline check``); None: no readable store."""
+    path = Path(state_dir) / DB_NAME
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT previous FROM ratchet").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return 0 if row is None else 1 + (row[0] is not None)
+
+
 # --- opening --------------------------------------------------------------------------
 
 
