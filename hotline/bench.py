@@ -205,10 +205,11 @@ def render(r: dict[str, Any]) -> str:
         f"(sign+verify floor ≈ {floor:,.0f} msgs/s)",
         f"  envelope decode {m['envelope_codec_us']:.1f} µs, transport seal+open "
         f"{m['seal_open_us']:.1f} µs",
-        f"KKpsk2 handshake (both sides): {m['handshake_ms']:.2f} ms "
-        f"(worst case, two psks tried in vain: {m['handshake_fallback_ms']:.2f} ms); "
-        f"ML-KEM-768 ratchet step per session (both sides): {m['kem_step_ms']:.2f} ms; "
-        f"handshake cost with PQ: {m['handshake_ms'] + m['kem_step_ms']:.2f} ms",
+        f"KKpsk2 handshake (both sides): {m['handshake_ms']:.2f} ms; worst case (two psks "
+        f"tried in vain): {m['handshake_fallback_ms']:.2f} ms",
+        f"post-quantum ratchet step per session (ML-KEM-768, both sides): "
+        f"{m['kem_step_ms']:.2f} ms; handshake cost with PQ: "
+        f"{m['handshake_ms'] + m['kem_step_ms']:.2f} ms",
         f"two daemons: link up in {p['link_up_s']:.2f} s; heartbeat RTT {rtts}",
         f"idle send→ack (durable at both ends): median {p['idle_ack_ms_median']:.2f} ms, "
         f"p99 {p['idle_ack_ms_p99']:.2f} ms",
