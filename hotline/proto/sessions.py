@@ -148,7 +148,8 @@ class SessionManager:
     def wants_initiation(self, now: float) -> bool:
         """True when we should send a (new) initiation now."""
         if self.pending is not None:
-            return now - self.pending[2] >= REKEY_TIMEOUT
+            # The same sum as get_timer's deadline: (t + d) - t may round below d.
+            return now >= self.pending[2] + REKEY_TIMEOUT
         if self.current is None:
             return self.unconfirmed is None or self._expired(self.unconfirmed, now, REKEY_TIMEOUT)
         return now >= self._rekey_deadline(self.current)
@@ -235,7 +236,7 @@ class SessionManager:
     def _ours_wins_crossing(self, now: float) -> bool:
         return (self.pending is not None
                 and keeps_own_initiation(self._our.public, self._their)
-                and now - self.pending[2] < REKEY_TIMEOUT)
+                and now < self.pending[2] + REKEY_TIMEOUT)
 
     def on_cookie_reply_untrusted(self, packet: bytes, now: float, wall_ns: int) -> bytes | None:
         """Keep the cookie the peer sent for our pending initiation.
@@ -334,4 +335,4 @@ class SessionManager:
 
     @staticmethod
     def _expired(active: ActiveSession, now: float, limit: float) -> bool:
-        return now - active.session.created_at >= limit
+        return now >= active.session.created_at + limit
