@@ -52,7 +52,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hotline.errors import ConfigError, DecodeError, HandshakeError, ReplayError
@@ -82,6 +82,8 @@ if TYPE_CHECKING:
 
 def mlkem_unavailable() -> str | None:
     """Why ML-KEM-768 cannot run here (one line), or None when it can."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         from cryptography.hazmat.primitives.asymmetric import mlkem
     except ImportError:
@@ -90,7 +92,7 @@ def mlkem_unavailable() -> str | None:
         return f"cryptography {cryptography.__version__} has no ML-KEM ({_MINIMUM})"
     try:
         mlkem.MLKEM768PrivateKey.generate()
-    except Exception:  # UnsupportedAlgorithm, or anything the backend raises
+    except UnsupportedAlgorithm:
         return f"{_backend_name()} lacks ML-KEM-768 ({_MINIMUM})"
     return None
 
@@ -232,19 +234,23 @@ class _Pending:
     reply: KemReply | None = None
 
 
-@dataclass
 class Ratchet:
     """The ML-KEM ratchet of one link: the psk ring and the current session's exchange.
 
     The Link calls ``on_session`` when a session becomes current, feeds it KEM frames
     (``on_offer_untrusted``/``on_reply_untrusted``), sends ``frames_due`` and tells it
     ``on_committed`` once the store holds a record it derived.
+
+    Args:
+        ring: the link's psks (``install``ed with each committed record).
+        rng: the source of each offer's ML-KEM key seed.
     """
 
-    ring: PskRing
-    rng: Rng
-    _exchange: _Exchange | None = None
-    _pending: list[_Pending] = field(default_factory=list)
+    def __init__(self, ring: PskRing, rng: Rng) -> None:
+        self.ring = ring
+        self._rng = rng
+        self._exchange: _Exchange | None = None
+        self._pending: list[_Pending] = []
 
     def on_session(self, our_index: int, initiator: bool, choice: PskChoice,
                    handshake_hash: bytes, now: float) -> None:
@@ -253,7 +259,7 @@ class Ratchet:
 
         exchange = _Exchange(our_index, choice.ratchet, handshake_hash, initiator)
         if initiator:
-            exchange.decaps_key = MLKEM768PrivateKey.from_seed_bytes(self.rng(MLKEM_SEED_LEN))
+            exchange.decaps_key = MLKEM768PrivateKey.from_seed_bytes(self._rng(MLKEM_SEED_LEN))
             exchange.offer = KemOffer(exchange.decaps_key.public_key().public_bytes_raw())
             exchange.offer_due = now
         self._exchange = exchange
@@ -294,7 +300,10 @@ class Ratchet:
             raise HandshakeError("KEM reply from the initiator of the session")
         if exchange.decaps_key is None:
             return None  # a copy of a reply we already took
-        secret = exchange.decaps_key.decapsulate(reply.ciphertext)
+        try:
+            secret = exchange.decaps_key.decapsulate(reply.ciphertext)
+        except ValueError as err:
+            raise DecodeError(f"bad ML-KEM-768 ciphertext: {err}") from None
         exchange.decaps_key, exchange.offer_due = None, None
         return self._derive(exchange, secret, None)
 
