@@ -35,8 +35,9 @@ Why the two ends always share a secret. After the exchange of a session keyed by
 an end that completed it stores ``{next, R}``; an end that did not (the reply was lost,
 it crashed before its commit) still holds ``R``, because ``R`` came out of both ends'
 rings at the handshake. So the next handshake finds ``R`` at least. Only a lost or
-restored store (or two failed exchanges in overlapping sessions) falls back to the base
-psk: that session is classical (``pq: false``) and its own exchange re-ratchets.
+restored store, a failed *first* exchange (``R`` was the base psk), or two failed
+exchanges in overlapping sessions fall back to the base psk: that session is classical
+(``pq: false``) and its own exchange ratchets again.
 
 Durability: a derived secret is handed to the store (``RatchetRecord``) and used for
 handshakes only after the store committed it; the answering end sends its ``KemReply``
