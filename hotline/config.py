@@ -23,7 +23,9 @@ with ``tomllib`` into a frozen ``Config``:
 * Relative paths (``key``, ``state_dir``, ``control``, a ``peer.key`` file) are
   relative to the config file's directory.
 * The identity key: ``$CREDENTIALS_DIRECTORY/identity`` when systemd handed it over
-  with ``LoadCredential=identity:…`` (DESIGN §8), else ``key``.
+  with ``LoadCredential=identity:…`` (DESIGN §8), else ``key``. Likewise the optional
+  post-quantum pre-shared secret (DESIGN §11): ``$CREDENTIALS_DIRECTORY/psk``
+  (``LoadCredential=psk:…``), else ``psk_file``, else none.
 * ``control`` defaults to ``$RUNTIME_DIRECTORY/hotline.sock`` (the daemon under
   systemd), else ``state_dir/control.sock``. So that client commands run from a shell
   (no ``$RUNTIME_DIRECTORY``) still find a daemon run by ``hotline@LINK.service``,
@@ -67,6 +69,7 @@ _TOP_KEYS = {
     # DESIGN §9 and §10: operator acknowledgement and supervision
     "operator_ack", "operator_deadline", "metrics", "alert_command", "alert_every",
     "alert_after", "drill_every", "drill_operator", "drill_deadline",
+    "psk_file",
 }
 DEFAULT_OPERATOR_DEADLINE: Mapping[str, float] = {"flash": 600.0, "immediate": 1800.0}
 _PEER_KEYS = {"name", "key", "paths"}
@@ -114,6 +117,7 @@ class Config:
     drill_every: float = 43200.0  # 0 = no scheduled drills
     drill_operator: bool = False
     drill_deadline: float = 600.0
+    psk_file: Path | None = None  # the out-of-band pre-shared secret (DESIGN §11)
 
     @property
     def link(self) -> str:
@@ -270,7 +274,8 @@ class _Loader:
             max_message=self.max_message(), receipt_every=self.seconds("receipt_every", 1.0),
             max_backlog=self.integer("max_backlog", 100_000, 1, MAX_BACKLOG_LIMIT),
             peer_name=self.peer_name(peer), peer_key=self.peer_key(peer),
-            peer_paths=self.peer_paths(peer), operator_ack=operator_ack,
+            peer_paths=self.peer_paths(peer), psk_file=self.psk_file(),
+            operator_ack=operator_ack,
             operator_deadline=self.operator_deadline(operator_ack), metrics=self.metrics(),
             alert_command=self.alert_command(), alert_every=self.seconds("alert_every", 300.0),
             alert_after=self.seconds("alert_after", 30.0),
@@ -387,6 +392,14 @@ class _Loader:
         if "key" not in self.data:
             raise self.fail("missing key 'key' (our private key file)")
         return self.file_path(self.data["key"], "key")
+
+    def psk_file(self) -> Path | None:
+        creds = self.env.get("CREDENTIALS_DIRECTORY")
+        if creds and _credential_present(Path(creds) / "psk"):
+            return Path(creds) / "psk"
+        if "psk_file" not in self.data:
+            return None
+        return self.file_path(self.data["psk_file"], "psk_file")
 
     def state_dir(self) -> Path:
         if "state_dir" in self.data:

@@ -14,6 +14,9 @@ Owns the file side of DESIGN §1 (``proto/identity.py`` owns the formats):
   written to a fresh temporary name and renamed over the old one.
 * ``load_public_key(spec, base_dir)`` reads a pinned key from config: either the
   ``ssh-ed25519 AAAA…`` line itself or the path of a ``.pub`` file.
+* ``load_psk(path)`` reads the optional ``psk_file`` secret (DESIGN §11): 32 random
+  bytes, raw or base64 (``openssl rand -base64 32``, ``wg genpsk``), with the private
+  key's permission rule.
 
 Every failure is a ``UserError`` subclass naming the file: ``KeyFileError`` (exit 78)
 or ``KeyPermissionError`` (exit 77).
@@ -21,6 +24,8 @@ or ``KeyPermissionError`` (exit 77).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import secrets
 import stat
@@ -64,16 +69,46 @@ def load_identity_with_comment(path: str | os.PathLike[str]) -> tuple[Identity, 
         raise KeyFileError(f"private key {os.fspath(path)}: {err}") from err
 
 
-def _read_private(path: str) -> bytes:
+def _read_private(path: str, what: str = "private key", limit: int = MAX_PRIVATE_FILE) -> bytes:
     """Open once, check the mode of the open file, read at most the size limit."""
-    fd, st = _open_regular(path, "private key")
+    fd, st = _open_regular(path, what)
     with os.fdopen(fd, "rb") as f:
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise KeyPermissionError(
-                f"private key {path} is readable by group/others (mode {mode:04o}); "
+                f"{what} {path} is readable by group/others (mode {mode:04o}); "
                 f"fix with: chmod 600 {path}")
-        return _read(f, path, "private key", MAX_PRIVATE_FILE)
+        return _read(f, path, what, limit)
+
+
+PSK_LEN = 32
+_PSK_FILE_MAX = 128
+
+
+def load_psk(path: str | os.PathLike[str]) -> bytes:
+    """Read the ``psk_file`` secret: exactly 32 bytes, raw or as one base64 line.
+
+    Raises:
+        KeyFileError: missing, unreadable, or not 32 bytes (raw or base64), or all zeros.
+        KeyPermissionError: group or others have any access to it (mode & 0o077).
+    """
+    name = os.fspath(path)
+    data = _read_private(name, "psk_file", _PSK_FILE_MAX)
+    secret = data if len(data) == PSK_LEN else _base64_secret(data)
+    if secret is None:
+        raise KeyFileError(f"psk_file {name}: want 32 random bytes, raw or base64 "
+                           "(make one with: openssl rand -base64 32 > FILE)")
+    if secret == bytes(PSK_LEN):
+        raise KeyFileError(f"psk_file {name}: all zeros is no secret")
+    return secret
+
+
+def _base64_secret(data: bytes) -> bytes | None:
+    try:
+        secret = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return secret if len(secret) == PSK_LEN else None
 
 
 def _open_regular(path: str, what: str) -> tuple[int, os.stat_result]:

@@ -24,6 +24,9 @@ files the same mode) holds everything a daemon must not forget (DESIGN §4, §4b
 * ``operator_acks`` — which message an operator acknowledgement (DESIGN §9) covers.
   The peer's operator's acks of ours are stored only when they name our own stored
   transcript (their chain hash equals ours at that lane and seq, in one of our epochs).
+* ``ratchet`` — at most one row: the link's two newest post-quantum ratchet secrets
+  (DESIGN §11, ``proto/pq.py``), which key the next handshakes. Secret: whoever reads
+  them and can also break X25519 reads the sessions keyed by them (SECURITY.md).
 
 Durability: WAL journal with ``synchronous=FULL``, so a committed transaction survives
 a crash or power loss. Group commit: ``execute(Commit(batch))`` writes everything one
@@ -71,6 +74,7 @@ from hotline.proto.records import (
     OperatorState,
     OutLane,
     OutRecord,
+    RatchetRecord,
     ReadChain,
     ReadIncoming,
     ReadOperatorAcks,
@@ -226,7 +230,13 @@ class Store:
         seen = frozenset(bytes(r[0]) for r in q("SELECT epoch FROM peer_epochs"))
         handshake_ts: int = q("SELECT handshake_ts FROM meta").fetchone()[0]
         return Resume(self.epoch, tuple(out), peer_epoch, tuple(lanes), seen, handshake_ts,
-                      self._carries())
+                      self._carries(), self.ratchet())
+
+    def ratchet(self) -> RatchetRecord | None:
+        """The stored post-quantum ratchet secrets, or None before the first exchange."""
+        row = self._db.execute("SELECT current, previous FROM ratchet").fetchone()
+        return None if row is None else RatchetRecord(
+            bytes(row[0]), None if row[1] is None else bytes(row[1]))
 
     def _carries(self) -> tuple[Carry, ...]:
         """Abandoned epochs' lanes whose backlog is not re-sent yet."""
@@ -277,7 +287,8 @@ class Store:
         Order inside: a new epoch, then outgoing records (each lane continuing its
         head contiguously), rejoins, incoming records (each continuing its lane's
         ``delivered_upto``; duplicates ignored), acks (monotonic, never above our
-        head), receipts (stored only if they sign our transcript), operator acks.
+        head), receipts (stored only if they sign our transcript), operator acks,
+        the handshake timestamp, the ratchet secrets.
 
         Returns:
             ``Committed`` with the receipts that were refused and the peer's operator
@@ -324,6 +335,11 @@ class Store:
         if batch.handshake_ts is not None:
             self._db.execute("UPDATE meta SET handshake_ts = max(handshake_ts, ?)",
                              (batch.handshake_ts,))
+        if batch.ratchet is not None:
+            self._db.execute(
+                "INSERT OR REPLACE INTO ratchet (id, current, previous, updated_at)"
+                " VALUES (1, ?, ?, ?)",
+                (batch.ratchet.current, batch.ratchet.previous, int(time.time())))
         return Committed(tuple(rejected), tuple(stored), tuple(refused))
 
     def _insert_operator_acks(self, acks: Sequence[OperatorAckRecord]
@@ -672,6 +688,23 @@ def _runs(items: Sequence[InRecord | Rejoin]) -> Iterator[Rejoin | list[InRecord
             run.append(item)
     if run:
         yield run
+
+
+def peek_ratchet(state_dir: Path) -> int | None:
+    """How many post-quantum ratchet secrets the store in ``state_dir`` holds (0..2),
+    read without opening it for writing (``hotline check``); None: no readable store."""
+    path = Path(state_dir) / DB_NAME
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT previous FROM ratchet").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return 0 if row is None else 1 + (row[0] is not None)
 
 
 # --- opening --------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 ``MIGRATIONS[n]`` turns a version-n file into version n + 1 inside one transaction
 (``store._upgrade`` runs them in order). Version 1 is the first release's single-lane
 store; version 2 adds precedence lanes, epochs on our own envelopes, idempotency ids,
-gaps, the inbox cursor, operator acknowledgements and the persisted handshake
-timestamp. A v1 store's messages become routine (lane 3) and keep their exact signed
-bytes, so they still verify.
+gaps, the inbox cursor, operator acknowledgements, the persisted handshake
+timestamp and the post-quantum ratchet secrets (``ratchet``, DESIGN §11). A v1 store's
+messages become routine (lane 3) and keep their exact signed bytes, so they still verify.
 """
 
 from __future__ import annotations
@@ -136,6 +136,12 @@ CREATE TABLE operator_acks (
     ack_seq   INTEGER NOT NULL,
     PRIMARY KEY (ours, epoch, lane, seq)
 ) WITHOUT ROWID;
+CREATE TABLE ratchet (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    current    BLOB NOT NULL CHECK (length(current) = 32),
+    previous   BLOB CHECK (previous IS NULL OR length(previous) = 32),
+    updated_at INTEGER NOT NULL
+);
 """
 
 _COPY_V1_TO_V2 = f"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -325,10 +326,41 @@ def test_dash_i_through_cli(site: Path, monkeypatch: pytest.MonkeyPatch,
 
 def test_check_ok(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "-c", str(site / "link.toml")]) == 0
-    out = capsys.readouterr().out
-    assert out == (f"config OK: link moscow, our key {OURS.public.fingerprint()}, "
-                   f"peer key {THEIRS.public.fingerprint()}\n")
+    ok, pq = capsys.readouterr().out.splitlines()
+    assert ok == (f"config OK: link moscow, our key {OURS.public.fingerprint()}, "
+                  f"peer key {THEIRS.public.fingerprint()}")
+    assert pq.startswith("post-quantum: ML-KEM-768 (cryptography ")
+    assert pq.endswith("; no psk_file: sessions are pq from the first rekey; no store yet")
     assert not (site / "state").exists()  # check changes nothing
+
+
+def test_check_psk_file(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (site / "link.toml").write_text('psk_file = "keys/link.psk"\n' + GOOD)
+    psk = site / "keys" / "link.psk"
+    psk.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    psk.chmod(0o600)
+    assert load_config(site / "link.toml", environ={}).psk_file == psk
+    assert main(["check", "-c", str(site / "link.toml")]) == 0
+    assert f"; psk_file {psk}: every session is pq;" in capsys.readouterr().out
+    psk.chmod(0o640)
+    assert main(["check", "-c", str(site / "link.toml")]) == 77
+    assert "chmod 600" in capsys.readouterr().err
+    for bad in (b"short", bytes(32), base64.b64encode(os.urandom(31)), os.urandom(33)):
+        psk.write_bytes(bad)
+        psk.chmod(0o600)
+        assert main(["check", "-c", str(site / "link.toml")]) == 78
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert "psk_file" in err
+    psk.write_bytes(os.urandom(32))  # raw bytes do too
+    assert main(["check", "-c", str(site / "link.toml")]) == 0
+
+
+def test_psk_from_systemd_credentials(site: Path) -> None:
+    (site / "creds").mkdir()
+    (site / "creds" / "psk").write_bytes(os.urandom(32))
+    config = load_config(site / "link.toml", environ={"CREDENTIALS_DIRECTORY": str(site / "creds")})
+    assert config.psk_file == site / "creds" / "psk"
 
 
 def test_check_insecure_key(site: Path, capsys: pytest.CaptureFixture[str]) -> None:

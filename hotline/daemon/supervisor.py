@@ -34,12 +34,13 @@ from hotline.daemon.runner import Runner, RunnerInput
 from hotline.daemon.storeworker import StoreWorker
 from hotline.daemon.supervision import Supervision
 from hotline.errors import ConfigError
-from hotline.keyfile import load_identity
+from hotline.keyfile import load_identity, load_psk
 from hotline.proto.endpoint import Endpoint, EndpointSettings
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.lanes import parse_lane
 from hotline.proto.link import LinkSettings, PathSpec
 from hotline.proto.operator import OperatorSettings
+from hotline.proto.pq import require_mlkem
 from hotline.proto.supervision import AlertSettings
 from hotline.store import Store
 from hotline.transport.events import PathTransport
@@ -72,8 +73,8 @@ def load_keys(config: Config) -> tuple[Identity, PublicKey]:
     return identity, peer
 
 
-def link_settings(config: Config) -> LinkSettings:
-    """The Link's tunables from the config."""
+def link_settings(config: Config, psk: bytes | None = None) -> LinkSettings:
+    """The Link's tunables from the config (``psk``: the ``psk_file`` secret)."""
     return LinkSettings(
         heartbeat=config.heartbeat,
         dead_after=config.dead_after,
@@ -81,23 +82,30 @@ def link_settings(config: Config) -> LinkSettings:
         redundant=config.redundant,
         max_message=config.max_message,
         receipt_every=config.receipt_every,
+        psk_secret=psk,
     )
 
 
 async def run_daemon(config: Config, logger: Logger, notifier: Notifier) -> None:
-    """Run the daemon until SIGTERM/SIGINT."""
+    """Run the daemon until SIGTERM/SIGINT.
+
+    Raises:
+        ConfigError: ML-KEM-768 is not available here (DESIGN §11), or a bad config.
+    """
+    require_mlkem()
     identity, peer = load_keys(config)
+    psk = load_psk(config.psk_file) if config.psk_file is not None else None
     store = await trio.to_thread.run_sync(Store.open, config.state_dir, identity.public.raw,
                                           peer.raw)
     try:
-        await _run(config, logger, notifier, identity, peer, store)
+        await _run(config, logger, notifier, identity, peer, store, psk)
     finally:
         await trio.to_thread.run_sync(store.close)
 
 
-def endpoint_settings(config: Config) -> EndpointSettings:
+def endpoint_settings(config: Config, psk: bytes | None = None) -> EndpointSettings:
     """The endpoint's tunables from the config."""
-    return EndpointSettings(link=link_settings(config), peer_name=config.peer_name,
+    return EndpointSettings(link=link_settings(config, psk), peer_name=config.peer_name,
                             log_every=config.log_every, max_backlog=config.max_backlog,
                             alerts=AlertSettings(config.alert_after, config.alert_every),
                             operator=operator_settings(config))
@@ -113,10 +121,10 @@ def operator_settings(config: Config) -> OperatorSettings:
 
 
 async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Identity,
-               peer: PublicKey, store: Store) -> None:
+               peer: PublicKey, store: Store, psk: bytes | None) -> None:
     resume = await trio.to_thread.run_sync(store.resume, RESUME_WINDOW)
     endpoint = Endpoint(identity, peer, [PathSpec(p.url, p.scheme) for p in config.peer_paths],
-                        endpoint_settings(config), resume, os.urandom, trio.current_time(),
+                        endpoint_settings(config, psk), resume, os.urandom, trio.current_time(),
                         time.time_ns())
     submit, inputs = trio.open_memory_channel[RunnerInput](math.inf)
     worker = StoreWorker(store, submit)

@@ -67,6 +67,7 @@ from hotline.proto.lanes import LANES, lane_name, message_id
 from hotline.proto.link import Link, LinkSettings, Outbound, PathSpec, Received
 from hotline.proto.notices import AUTH_KINDS, CRIT, Narrator, Notice, heartbeat_notice
 from hotline.proto.operator import OPERATOR_JOBS, OperatorDesk, OperatorSettings
+from hotline.proto.pq import RatchetDerived
 from hotline.proto.records import (
     AckRecord,
     Carry,
@@ -343,6 +344,7 @@ class Endpoint:
             dropped=dict(self.narrator.dropped), epoch=link.epoch.hex(),
             operator_pending=self.operator.pending_items(now),  # OPERATOR SEAM
             operator_owed=self.operator.owed_items(now), last_drill=self.operator.drills.last,
+            pq=link.sessions.pq,
         )
 
     # --- sends --------------------------------------------------------------------
@@ -447,6 +449,8 @@ class Endpoint:
             if epoch == self.link.incoming[lane].epoch:
                 self._delivered[lane] = upto
         self.operator.on_committed(done.store, result, now)  # OPERATOR SEAM
+        if done.store.ratchet is not None:
+            self.link.on_ratchet_committed(done.store.ratchet)
         for receipt in result.rejected_receipts:
             self._note(Notice("receipt", CRIT, {
                 "peer": self.settings.peer_name, "lane": lane_name(receipt.lane),
@@ -486,6 +490,8 @@ class Endpoint:
             self._out.resets.append(event.path_id)
         elif isinstance(event, InitiationAccepted):
             self._batch.store.handshake_ts = event.timestamp_ns
+        elif isinstance(event, RatchetDerived):
+            self._batch.store.ratchet = event.record  # used once durable (_on_committed)
         else:
             if isinstance(event, NewEpoch):
                 self._on_new_peer_epoch(event)

@@ -1,7 +1,8 @@
 """Events the Link hands to the endpoint (``Link.next_events``): plain frozen dataclasses.
 
 The endpoint turns them into store writes (``Delivered``, ``Acked``,
-``ReceiptReceived``, ``NewEpoch``, ``GapFound``, ``Forked``), store reads
+``ReceiptReceived``, ``NewEpoch``, ``GapFound``, ``Forked``, ``RatchetDerived`` —
+defined in ``pq.py``), store reads
 (``ChainWanted``), log lines (``PathUp``/``PathDown``/``PrimaryChanged``/
 ``HandshakeComplete``/``Dropped`` and the above) and transport actions (``ResetPath``:
 drop the TCP connection and re-dial).
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from hotline.proto.incoming import Accepted, Gap
 from hotline.proto.outgoing import Fork
+from hotline.proto.pq import RatchetDerived
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,12 @@ class PrimaryChanged:
 
 @dataclass(frozen=True)
 class HandshakeComplete:
-    """A Noise session was established (and confirmed) over ``path_id``."""
+    """A Noise session was established (and confirmed) over ``path_id``; ``pq``: its
+    keys depend on a post-quantum secret too (DESIGN §11)."""
 
     path_id: int
     initiator: bool
+    pq: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,5 @@ class ChainWanted:
 Event = (
     PathUp | PathDown | PrimaryChanged | HandshakeComplete | Dropped | ResetPath
     | Delivered | Acked | ReceiptReceived | NewEpoch | GapFound | Forked | ChainWanted
-    | PeerLostOurs
-    | InitiationAccepted
+    | PeerLostOurs | InitiationAccepted | RatchetDerived
 )

@@ -10,6 +10,8 @@ up. Each frame is a positional msgpack array whose first element is a type tag::
     [5, ping_id, sent_wall_ns]                                                  PING
     [6, ping_id, echo_wall_ns, their_wall_ns]                                   PONG
     [7]                                                                         KEEPALIVE
+    [8, encapsulation_key(1184B)]                                               KEM_OFFER
+    [9, ciphertext(1088B)]                                                      KEM_REPLY
 
 HELLO and ACK are per precedence lane (DESIGN §9): HELLO carries, for each of the four
 lanes, our lowest unacknowledged seq and how far we durably hold the peer's lane; ACK
@@ -17,6 +19,9 @@ names its lane. Every acknowledgement carries the chain hash of the envelope at 
 ``upto`` (32 zero bytes at 0), so the sender frees messages only when the receiver
 holds *the same bytes* — a sender whose store was restored from an older copy and
 reused seqs finds out at once instead of being told "acknowledged" (DESIGN §4b).
+KEM_OFFER and KEM_REPLY carry one ML-KEM-768 exchange per session, the post-quantum
+ratchet of DESIGN §11 (``pq.py``); their sizes are fixed, and accepted whatever
+``max_message`` is.
 
 Decoding treats the bytes as hostile even though they were authenticated by the AEAD
 (a buggy or compromised peer is still a peer): the size is bounded first, msgpack is
@@ -56,6 +61,10 @@ TAG_RECEIPT = 4
 TAG_PING = 5
 TAG_PONG = 6
 TAG_KEEPALIVE = 7
+TAG_KEM_OFFER = 8
+TAG_KEM_REPLY = 9
+KEM_PUBLIC_LEN = 1184  # ML-KEM-768 encapsulation key (FIPS 203)
+KEM_CIPHERTEXT_LEN = 1088  # ML-KEM-768 ciphertext
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +139,21 @@ class Keepalive:
     """Empty frame; the initiator's first transport packet (key confirmation)."""
 
 
-Frame = Hello | Data | Ack | Receipt | Ping | Pong | Keepalive
+@dataclass(frozen=True, slots=True)
+class KemOffer:
+    """An ML-KEM-768 encapsulation key: the session's initiator starts its ratchet step."""
+
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KemReply:
+    """The ML-KEM-768 ciphertext that answers the session's ``KemOffer``."""
+
+    ciphertext: bytes
+
+
+Frame = Hello | Data | Ack | Receipt | Ping | Pong | Keepalive | KemOffer | KemReply
 
 
 # --- encoding -------------------------------------------------------------------------
@@ -163,6 +186,10 @@ def _as_array(frame: Frame) -> list[Any]:
         return [TAG_PONG, frame.ping_id, frame.echo_wall_ns, frame.their_wall_ns]
     if type(frame) is Keepalive:
         return [TAG_KEEPALIVE]
+    if type(frame) is KemOffer:
+        return [TAG_KEM_OFFER, frame.public_key]
+    if type(frame) is KemReply:
+        return [TAG_KEM_REPLY, frame.ciphertext]
     raise TypeError(f"not a link frame: {type(frame).__name__}")
 
 
@@ -171,7 +198,7 @@ def _as_array(frame: Frame) -> list[Any]:
 
 def max_frame_len(max_message: int) -> int:
     """Largest encoded frame accepted when bodies may be ``max_message`` bytes."""
-    return max_message + ENVELOPE_OVERHEAD + _FRAME_OVERHEAD
+    return max(max_message + ENVELOPE_OVERHEAD, KEM_PUBLIC_LEN) + _FRAME_OVERHEAD
 
 
 def decode_frame_untrusted(data: bytes, max_message: int) -> Frame:
@@ -186,9 +213,10 @@ def decode_frame_untrusted(data: bytes, max_message: int) -> Frame:
         DecodeError: anything else malformed (bad msgpack, unknown tag, bad schema).
     """
     max_raw = max_message + ENVELOPE_OVERHEAD
-    if len(data) > max_raw + _FRAME_OVERHEAD:
+    max_bin = max(max_raw, KEM_PUBLIC_LEN)
+    if len(data) > max_bin + _FRAME_OVERHEAD:
         raise LimitError(f"frame of {len(data)} bytes is over the limit")
-    obj = _unpack(data, max_raw)
+    obj = _unpack(data, max_bin)
     if type(obj) is not tuple or not obj:
         raise DecodeError("frame is not a non-empty array")
     checker = _DECODERS.get(obj[0]) if type(obj[0]) is int else None
@@ -342,6 +370,16 @@ def _keepalive(obj: tuple[Any, ...], max_raw: int) -> Keepalive:
     return _KEEPALIVE
 
 
+def _kem_offer(obj: tuple[Any, ...], max_raw: int) -> KemOffer:
+    _arity(obj, 2, "KEM_OFFER")
+    return KemOffer(_fixed(obj[1], KEM_PUBLIC_LEN, "KEM_OFFER key"))
+
+
+def _kem_reply(obj: tuple[Any, ...], max_raw: int) -> KemReply:
+    _arity(obj, 2, "KEM_REPLY")
+    return KemReply(_fixed(obj[1], KEM_CIPHERTEXT_LEN, "KEM_REPLY ciphertext"))
+
+
 _DECODERS: dict[int, Callable[[tuple[Any, ...], int], Frame]] = {
     TAG_HELLO: _hello,
     TAG_DATA: _data,
@@ -350,4 +388,6 @@ _DECODERS: dict[int, Callable[[tuple[Any, ...], int], Frame]] = {
     TAG_PING: _ping,
     TAG_PONG: _pong,
     TAG_KEEPALIVE: _keepalive,
+    TAG_KEM_OFFER: _kem_offer,
+    TAG_KEM_REPLY: _kem_reply,
 }

@@ -27,9 +27,10 @@ its loss detection, and what it declares lost is resent at once. A path that bec
 primary starts afresh. TCP paths need none of it: the kernel's TCP does it.
 
 Inside a transport packet the plaintext is a whole link frame, a bundle of small
-frames, or a fragment (framing.py); frames are HELLO, DATA, ACK, RECEIPT, PING, PONG
-and KEEPALIVE (frames.py). After every handshake both ends send HELLO so the other
-resends what we lack. Acknowledgements (ACK, HELLO, RECEIPT) count only when they
+frames, or a fragment (framing.py); frames are HELLO, DATA, ACK, RECEIPT, PING, PONG,
+KEEPALIVE, KEM_OFFER and KEM_REPLY (frames.py; the KEM pair is each session's
+post-quantum ratchet step, pq.py). After every handshake both ends send HELLO so the
+other resends what we lack. Acknowledgements (ACK, HELLO, RECEIPT) count only when they
 come with the CURRENT session (DESIGN §4b): a receiver that lost its store always has
 a new session, so what its old store acknowledged cannot free what the new one never
 got. A peer epoch once left is never re-entered. Bad input from the network raises
@@ -40,7 +41,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from hotline.errors import DecodeError, RemoteProtocolError, ReplayError
@@ -75,6 +76,8 @@ from hotline.proto.frames import (
     Frame,
     Hello,
     Keepalive,
+    KemOffer,
+    KemReply,
     Ping,
     Pong,
     Position,
@@ -105,7 +108,8 @@ from hotline.proto.packet import (
     UDP_MAX_DATAGRAM,
     packet_type_untrusted,
 )
-from hotline.proto.records import OutRecord, Resume
+from hotline.proto.pq import RatchetDerived
+from hotline.proto.records import OutRecord, RatchetRecord, Resume
 from hotline.proto.recovery import Outcome, PathRecovery, data_key, split_key
 from hotline.proto.sessions import SessionManager
 
@@ -152,6 +156,7 @@ class LinkSettings:
     receipt_every: float = 1.0
     reorder_limit: int = 4096
     max_in_flight: int = 1024
+    psk_secret: bytes | None = field(default=None, repr=False)  # psk_file (DESIGN §11)
 
 
 @dataclass(frozen=True)
@@ -202,7 +207,8 @@ class Link:
             for i, p in enumerate(self.specs)
         ]
         self.sessions = SessionManager(our, their, rng, settings.rekey_after,
-                                       timestamp_floor_ns=resume.handshake_ts or None)
+                                       timestamp_floor_ns=resume.handshake_ts or None,
+                                       psk_secret=settings.psk_secret, ratchet=resume.ratchet)
         self.outgoing = tuple(
             OutgoingStream(resume.epoch, lane, acked=Position(o.acked, o.acked_chain),
                            head=o.head, loaded=o.unacked,
@@ -288,6 +294,11 @@ class Link:
         """The inbox is durable up to ``upto``: acknowledgements may now cover it."""
         self.incoming[lane].on_committed(epoch, upto)
 
+    def on_ratchet_committed(self, record: RatchetRecord) -> None:
+        """The store holds this post-quantum ratchet state (``RatchetDerived``): key the
+        next handshakes with it, and send the KEM reply that waited for it."""
+        self.sessions.ratchet.on_committed(record)
+
     def rollback_incoming(self) -> None:
         """A commit failed: forget what every lane accepted and did not commit."""
         for stream in self.incoming:
@@ -360,6 +371,7 @@ class Link:
         if sending and self._data_paths():
             deadlines.append(self._hello_due_at)
             deadlines.append(self._paced_until())
+            deadlines.append(self.sessions.ratchet.get_timer())
         return min((d for d in deadlines if d is not None), default=None)
 
     def wall_ns(self, now: float) -> int:
@@ -442,7 +454,7 @@ class Link:
 
     def _after_handshake(self, path_id: int, now: float, *, initiator: bool) -> None:
         self._attempts = 0
-        self._events.append(HandshakeComplete(path_id, initiator))
+        self._events.append(HandshakeComplete(path_id, initiator, self.sessions.pq))
         if initiator:
             self._send_frame(Keepalive(), [path_id], urgent=True)
         self._announce(now, fallback=path_id)
@@ -464,6 +476,8 @@ class Link:
             self.paths[path_id].on_pong(frame, now)
         elif isinstance(frame, Keepalive):
             pass
+        elif isinstance(frame, KemOffer | KemReply):
+            self._on_kem(frame, current)
         elif not current:
             raise ReplayError("acknowledgement from a previous session: ignored")
         elif isinstance(frame, Ack):
@@ -472,6 +486,13 @@ class Link:
             self._on_hello(frame, now)
         else:
             self._on_receipt(frame)
+
+    def _on_kem(self, frame: KemOffer | KemReply, current: bool) -> None:
+        ratchet = self.sessions.ratchet
+        record = (ratchet.on_offer_untrusted(frame, current) if isinstance(frame, KemOffer)
+                  else ratchet.on_reply_untrusted(frame, current))
+        if record is not None:
+            self._events.append(RatchetDerived(record))
 
     def _on_data(self, frame: Data, now: float) -> None:
         env = decode_envelope_untrusted(frame.raw, self.settings.max_message)
@@ -554,6 +575,8 @@ class Link:
         targets = self._data_paths() if can_send else []
         if not targets:
             return
+        for kem in self.sessions.ratchet.frames_due(now):
+            self._send_frame(kem, targets, urgent=False)
         if self._hello_due_at is not None and now >= self._hello_due_at:
             self._hello_due_at = now + self.settings.heartbeat
             self._send_frame(self._hello(), targets, urgent=True)

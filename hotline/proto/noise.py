@@ -11,6 +11,12 @@ notation (§7.4 one-way, §7.5 fundamental, §7.6 deferred); psk modifiers are a
 with the §9.2 rule (``psk0`` starts the first message, ``pskN`` ends message N). Each
 message is then a list of tokens that ``write_message``/``read_message`` walk.
 
+Pre-shared keys may be given at construction or, for a pattern whose first psk token
+comes after the first message (``KKpsk2``), later with ``set_psks``: hotline's responder
+chooses its psk from what the initiator's first message names, and its initiator tries
+each candidate psk on a ``copy()`` of the state when reading the response (DESIGN §11).
+A psk token reached with no psk set raises ``LocalProtocolError``.
+
 Untrusted input: ``read_message`` works on a snapshot of the state and only commits it
 once the whole message, payload tag included, has verified, so a failed read leaves the
 handshake exactly as it was (the peer, or an attacker, may retry; the spec allows this).
@@ -264,7 +270,8 @@ class HandshakeState:
         s, e: our static / ephemeral 32-byte X25519 private keys (``e`` only to pin
             test vectors; normally generated from ``rng`` when the pattern needs it).
         rs, re: the peer's public keys known in advance (pre-messages).
-        psks: 32-byte pre-shared keys, consumed in token order.
+        psks: 32-byte pre-shared keys, consumed in token order; None: given later
+            with ``set_psks`` (before the first psk token is processed).
         rng: randomness source for ephemeral keys.
 
     Raises:
@@ -275,15 +282,17 @@ class HandshakeState:
     def __init__(self, protocol_name: str, initiator: bool, prologue: bytes, *,
                  s: bytes | None = None, e: bytes | None = None,
                  rs: bytes | None = None, re: bytes | None = None,
-                 psks: Sequence[bytes] = (), rng: Rng) -> None:
+                 psks: Sequence[bytes] | None = (), rng: Rng) -> None:
         self.pattern, hash_name = parse_protocol_name(protocol_name)
         self.initiator = initiator
         self._rng = rng
         self._keys = _Keys(s, e, rs, re)
         self._symmetric = SymmetricState(protocol_name.encode("ascii"), hash_name)
-        self._psks = list(psks)
+        self._psks: list[bytes] | None = None
         self._index = 0  # next message to write or read
         self._check_keys()
+        if psks is not None:
+            self.set_psks(psks)
         self._symmetric.mix_hash(prologue)
         self._mix_pre_messages()
 
@@ -304,9 +313,17 @@ class HandshakeState:
                 self._require(key, f"the peer's pre-message key r{token}")
             elif key is not None:
                 raise LocalProtocolError(f"r{token} is not a pre-message of this pattern")
-        needed = sum(m.count("psk") for m in self.pattern.messages)
-        if len(self._psks) != needed or any(len(p) != PSKLEN for p in self._psks):
+
+    def set_psks(self, psks: Sequence[bytes]) -> None:
+        """Set (or replace) the psks of the messages not written or read yet, in order.
+
+        Raises:
+            LocalProtocolError: a wrong psk count or length for those messages.
+        """
+        needed = sum(m.count("psk") for m in self.pattern.messages[self._index:])
+        if len(psks) != needed or any(len(p) != PSKLEN for p in psks):
             raise LocalProtocolError(f"pattern needs {needed} psks of 32 bytes")
+        self._psks = list(psks)
 
     @staticmethod
     def _require(key: bytes | None, what: str) -> None:
@@ -374,6 +391,7 @@ class HandshakeState:
         """
         if not self.is_my_turn():
             raise LocalProtocolError("not our turn to write a handshake message")
+        self._check_psks_for(self.pattern.messages[self._index])
         out = bytearray()
         for token in self.pattern.messages[self._index]:
             out += self._write_token(token)
@@ -397,7 +415,7 @@ class HandshakeState:
             assert k.s is not None
             return sym.encrypt_and_hash(x25519_public(k.s))
         if token == "psk":
-            sym.mix_key_and_hash(self._psks.pop(0))
+            sym.mix_key_and_hash(self._next_psk())
             return b""
         sym.mix_key(self._dh_token(token))
         return b""
@@ -434,9 +452,10 @@ class HandshakeState:
         if len(message) > MAX_MESSAGE:
             raise LimitError("handshake message over 65535 bytes")
         tokens = self.pattern.messages[self._index]
+        self._check_psks_for(tokens)
         if len(message) < self._min_length(tokens):
             raise DecodeError("handshake message too short")
-        saved = (self._symmetric.copy(), _Keys(**vars(self._keys)), list(self._psks))
+        saved = (self._symmetric.copy(), _Keys(**vars(self._keys)), self._psks_copy())
         try:
             payload = self._read_tokens(tokens, memoryview(message))
             if check is not None:
@@ -471,12 +490,34 @@ class HandshakeState:
                 n = DHLEN + (TAGLEN if sym.cipher.has_key() else 0)
                 k.rs, rest = _take_public(sym.decrypt_and_hash(bytes(rest[:n]))), rest[n:]
             elif token == "psk":
-                sym.mix_key_and_hash(self._psks.pop(0))
+                sym.mix_key_and_hash(self._next_psk())
             else:
                 sym.mix_key(self._dh_token(token))
         return sym.decrypt_and_hash(bytes(rest))
 
+    def _check_psks_for(self, tokens: Sequence[str]) -> None:
+        """Before a message is touched: its psk tokens have psks (a write is not undone)."""
+        if tokens.count("psk") > len(self._psks or ()):
+            raise LocalProtocolError("a psk token with no psk set (set_psks)")
+
+    def _next_psk(self) -> bytes:
+        assert self._psks
+        return self._psks.pop(0)
+
+    def _psks_copy(self) -> list[bytes] | None:
+        return None if self._psks is None else list(self._psks)
+
     # -- finishing
+
+    def copy(self) -> HandshakeState:
+        """An independent copy: e.g. to try reading one message with several psks."""
+        other = HandshakeState.__new__(HandshakeState)
+        other.pattern, other.initiator, other._rng = self.pattern, self.initiator, self._rng
+        other._keys = _Keys(**vars(self._keys))
+        other._symmetric = self._symmetric.copy()
+        other._psks = self._psks_copy()
+        other._index = self._index
+        return other
 
     def split(self) -> tuple[CipherState, CipherState]:
         """Split(): (c1, c2); the initiator sends with c1, the responder with c2.

@@ -12,7 +12,8 @@ turns the Link's events into notices with these rules:
   line per reason every ``AUTH_LOG_EVERY`` seconds (a flood of forged packets cannot
   flood the journal; the next line says how many were held); anything else at 7;
 * the heartbeat line every ``log_every`` seconds and at once when the link's shape
-  (state, active path, path states) changes — not on every rekey.
+  (state, active path, path states, whether the session is post-quantum) changes —
+  not on every rekey. Its last field is ``pq=yes|no`` (DESIGN §11).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def heartbeat_notice(snap: LinkSnapshot) -> Notice:
         "peer": snap.peer, "state": snap.state, "active": snap.active,
         "rtt_ms": snap.rtt_ms, "paths": paths or None, "out_seq": snap.out_seq,
         "acked": snap.acked, "in_seq": snap.in_seq, "backlog": snap.backlog,
-        "skew_ms": snap.skew_ms,
+        "skew_ms": snap.skew_ms, "pq": "yes" if snap.pq else "no",
     }
     return Notice("heartbeat", INFO if snap.state == "up" else WARNING, fields,
                   snap.to_json_dict())
@@ -84,7 +85,7 @@ class Narrator:
 
     def heartbeat_due(self, snap: LinkSnapshot, now: float) -> bool:
         """True when the heartbeat line is due (period, or a change of shape)."""
-        shape = (snap.state, snap.active, tuple(p.state for p in snap.paths))
+        shape = (snap.state, snap.active, tuple(p.state for p in snap.paths), snap.pq)
         if shape == self._shape and now < self._next_heartbeat:
             return False
         self._shape = shape
@@ -108,7 +109,8 @@ class Narrator:
         if isinstance(event, HandshakeComplete):
             return Notice("handshake", NOTICE, {
                 "peer": peer, "path": self.urls[event.path_id], "result": "ok",
-                "role": "initiator" if event.initiator else "responder"})
+                "role": "initiator" if event.initiator else "responder",
+                "pq": "yes" if event.pq else "no"})
         if isinstance(event, NewEpoch):
             return _new_epoch(peer, event)
         if isinstance(event, GapFound):

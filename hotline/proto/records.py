@@ -20,6 +20,9 @@ commit sees that commit.
   operator acknowledges, which of ours the peer's operator acknowledged, and what
   awaits an operator at start-up.
 
+A batch may also carry the link's new post-quantum ratchet secrets (``RatchetRecord``,
+``pq.py``): they are used for a handshake only once committed.
+
 Records carry exactly the bytes that were signed; the store never parses network bytes.
 """
 
@@ -125,6 +128,16 @@ class OperatorAckRecord:
     chain: bytes = b""
 
 
+@dataclass(frozen=True, slots=True)
+class RatchetRecord:
+    """The link's ML-KEM ratchet secrets (DESIGN §11): the newest and the one it was
+    derived from (None: derived in a session keyed without one). Each replaces the
+    last; both are 32 bytes."""
+
+    current: bytes
+    previous: bytes | None
+
+
 @dataclass
 class StoreBatch:
     """Everything one event-loop turn wants committed, in one transaction."""
@@ -137,11 +150,12 @@ class StoreBatch:
     receipts: list[ReceiptRecord] = field(default_factory=list)
     operator_acks: list[OperatorAckRecord] = field(default_factory=list)
     handshake_ts: int | None = None
+    ratchet: RatchetRecord | None = None
 
     def __bool__(self) -> bool:
         return bool(self.new_epoch or self.outgoing or self.carried or self.incoming
                     or self.acks or self.receipts or self.operator_acks
-                    or self.handshake_ts is not None)
+                    or self.handshake_ts is not None or self.ratchet is not None)
 
     def merge_unsent(self, failed: StoreBatch) -> None:
         """Take over what a failed commit must not lose: everything but the sealed and
@@ -156,6 +170,9 @@ class StoreBatch:
         # batch (ours: rolled back, its client refused; the peer's: resent by the peer).
         if failed.handshake_ts is not None:
             self.handshake_ts = max(self.handshake_ts or 0, failed.handshake_ts)
+        # Merged oldest first (the failed batch, then the one gathered meanwhile): the
+        # latest ratchet record is the whole state.
+        self.ratchet = failed.ratchet or self.ratchet
 
     def ack(self, record: AckRecord) -> None:
         """Record a new cumulative ack (the newest per epoch and lane wins)."""
@@ -309,3 +326,4 @@ class Resume:
     peer_epochs_seen: frozenset[bytes]
     handshake_ts: int
     carry: tuple[Carry, ...] = ()
+    ratchet: RatchetRecord | None = None  # the post-quantum ratchet secrets, if any

@@ -24,6 +24,10 @@ and responses; a cookie reply to our pending initiation makes us send a fresh on
 once — once per initiation, so a lost or stale cookie cannot make us loop. The last
 accepted initiation timestamp starts at ``timestamp_floor_ns`` (the daemon persists
 it) and each newly accepted one is reported in ``InitiationOutcome``.
+
+Post-quantum (DESIGN §11): handshakes are keyed by a psk from ``psks`` (a ``PskRing``:
+the ``psk_file`` secret and the stored ratchet secrets), and every session that becomes
+current starts its ML-KEM ratchet step (``ratchet``, ``pq.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from hotline.proto.guard import HandshakeGuard, Source
 from hotline.proto.handshake import Initiation, Responder, Session, keeps_own_initiation
 from hotline.proto.identity import Identity, PublicKey
 from hotline.proto.packet import TransportOpener, TransportSealer, receiver_index_untrusted
+from hotline.proto.pq import PskRing, Ratchet
+from hotline.proto.records import RatchetRecord
 
 REKEY_TIMEOUT = 5.0
 # A crossing initiation proves the peer is live; ours may have been lost (e.g. sent
@@ -101,12 +107,16 @@ class SessionManager:
         rekey_after: float,
         *,
         timestamp_floor_ns: int | None = None,
+        psk_secret: bytes | None = None,
+        ratchet: RatchetRecord | None = None,
     ) -> None:
         self._our = our
         self._their = their
         self._rng = rng
         self._rekey_after = rekey_after
-        self._responder = Responder(our, their, rng, timestamp_floor_ns)
+        self.psks = PskRing(psk_secret, ratchet)
+        self.ratchet = Ratchet(self.psks, rng)
+        self._responder = Responder(our, their, rng, timestamp_floor_ns, self.psks)
         self.guard = HandshakeGuard(our.public.x25519(), rng)
         self._cookies = CookieJar(their.x25519())
         self._cookie_retried = False
@@ -126,6 +136,11 @@ class SessionManager:
         """True when a confirmed session is there to seal with."""
         return self.current is not None and self.current.confirmed
 
+    @property
+    def pq(self) -> bool:
+        """The current session's keys depend on a secret X25519 cannot reveal."""
+        return self.current is not None and self.current.session.pq
+
     def session_age(self, now: float) -> float | None:
         """Seconds since the current session was made, or None."""
         return None if self.current is None else now - self.current.session.created_at
@@ -133,6 +148,7 @@ class SessionManager:
     def wants_initiation(self, now: float) -> bool:
         """True when we should send a (new) initiation now."""
         if self.pending is not None:
+            # The same sum as get_timer's deadline: (t + d) - t may round below d.
             return now >= self.pending[2] + REKEY_TIMEOUT
         if self.current is None:
             return self.unconfirmed is None or self._expired(self.unconfirmed, now, REKEY_TIMEOUT)
@@ -172,7 +188,7 @@ class SessionManager:
         self._last_timestamp_ns = max(wall_ns, self._last_timestamp_ns + 1)
         initiation, packet = Initiation.start(
             self._our, self._their, index, self._last_timestamp_ns, now, self._rng,
-            self._cookies.cookie(now),
+            self._cookies.cookie(now), self.psks,
         )
         self.pending = (initiation, index, now)
         self._pending_packet, self._pending_resent = packet, False
@@ -255,7 +271,7 @@ class SessionManager:
             raise HandshakeError("response to no pending initiation of ours")
         session = self.pending[0].consume_response_untrusted(packet, now)
         self.pending = None
-        self._install(ActiveSession(session, confirmed=True))
+        self._install(ActiveSession(session, confirmed=True), now)
 
     # --- transport ----------------------------------------------------------------
 
@@ -275,7 +291,7 @@ class SessionManager:
         if confirmed_now:
             self.unconfirmed = None
             active.confirmed = True
-            self._install(active)
+            self._install(active, now)
         return Opened(plaintext, confirmed_now, active is self.current)
 
     def seal(self, payload: bytes) -> bytes:
@@ -293,13 +309,16 @@ class SessionManager:
 
     # --- internals ----------------------------------------------------------------
 
-    def _install(self, active: ActiveSession) -> None:
+    def _install(self, active: ActiveSession, now: float) -> None:
         if self.previous is not None:
             self._by_index.pop(self.previous.session.our_index, None)
         self.previous = self.current
         self.current = active
         self._by_index[active.session.our_index] = active
         self.handshakes_completed += 1
+        session = active.session
+        self.ratchet.on_session(session.our_index, session.is_initiator, session.psk,
+                                session.handshake_hash, now)
 
     def _rekey_deadline(self, active: ActiveSession) -> float:
         created = active.session.created_at

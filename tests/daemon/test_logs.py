@@ -56,8 +56,9 @@ def test_heartbeat_line_contract() -> None:
     assert text_line(heartbeat_notice(snap())) == (
         f"heartbeat peer=moscow state=up active={TCP} rtt_ms=0.42 "
         f"paths={TCP}:up:0.42,{UDP}:down out_seq=12 acked=11 in_seq=7 backlog=1 "
-        "skew_ms=-1.50"
+        "skew_ms=-1.50 pq=no"
     )
+    assert text_line(heartbeat_notice(snap(pq=True))).endswith(" skew_ms=-1.50 pq=yes")
 
 
 def test_heartbeat_line_counts_routine_seqs_and_every_lane_backlog() -> None:
@@ -67,7 +68,7 @@ def test_heartbeat_line_counts_routine_seqs_and_every_lane_backlog() -> None:
     assert text_line(heartbeat_notice(snap(lanes=lanes))) == (
         f"heartbeat peer=moscow state=up active={TCP} rtt_ms=0.42 "
         f"paths={TCP}:up:0.42,{UDP}:down out_seq=12 acked=11 in_seq=7 backlog=5 "
-        "skew_ms=-1.50"
+        "skew_ms=-1.50 pq=no"
     )
 
 
@@ -75,7 +76,7 @@ def test_heartbeat_line_unknowns() -> None:
     s = LinkSnapshot("moscow", "down", None, (PathSnapshot(TCP, "down"),))
     assert text_line(heartbeat_notice(s)) == (
         f"heartbeat peer=moscow state=down active=- rtt_ms=- paths={TCP}:down "
-        "out_seq=0 acked=0 in_seq=0 backlog=0 skew_ms=-"
+        "out_seq=0 acked=0 in_seq=0 backlog=0 skew_ms=- pq=no"
     )
 
 

@@ -203,6 +203,8 @@ _FRAMES = tuple(frames.encode_frame(f) for f in (
     frames.Ack(EPOCH, ROUTINE, 0, bytes(32), (), 0),
     frames.Receipt(_RECEIPTS[1], SIG),
     frames.Ping(1, 2), frames.Pong(1, 2, 3), frames.Keepalive(),
+    frames.KemOffer(bytes(frames.KEM_PUBLIC_LEN)),
+    frames.KemReply(bytes(frames.KEM_CIPHERTEXT_LEN)),
 ))
 _REQUESTS: tuple[Request, ...] = (
     SendRequest("text/plain", (b"a", b"b"), FLASH, ("id:1", "id:2"), True, True, 2.5),
@@ -364,6 +366,10 @@ _NOT_FUZZED_HERE = {
                                       "(handshake_initiation, handshake_response)",
     "cookie.check_mac1_untrusted": "the mac1 check inside the guard (guard.screen_initiation)",
     "sessions.SessionManager.on_cookie_reply_untrusted": "wraps CookieJar (cookie_jar)",
+    "pq.PskRing.choose_untrusted": "takes the 24 id bytes of a decoded initiation "
+                                   "(handshake_initiation)",
+    "pq.Ratchet.on_offer_untrusted": "takes a decoded KemOffer (frames; tests/proto/test_pq.py)",
+    "pq.Ratchet.on_reply_untrusted": "takes a decoded KemReply (frames; tests/proto/test_pq.py)",
 }
 _FUZZED_HERE = {
     "packet.packet_type_untrusted": "packet_type",

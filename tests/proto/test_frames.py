@@ -12,12 +12,16 @@ from hypothesis import strategies as st
 from hotline.errors import DecodeError, LimitError, RemoteProtocolError
 from hotline.proto.envelope import MAX_RECEIPT, ZERO_HASH
 from hotline.proto.frames import (
+    KEM_CIPHERTEXT_LEN,
+    KEM_PUBLIC_LEN,
     MAX_RANGES,
     Ack,
     Data,
     Frame,
     Hello,
     Keepalive,
+    KemOffer,
+    KemReply,
     Ping,
     Pong,
     Position,
@@ -62,6 +66,8 @@ frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(Ping, uints, uints),
     st.builds(Pong, uints, uints, uints),
     st.just(Keepalive()),
+    st.builds(KemOffer, st.binary(min_size=KEM_PUBLIC_LEN, max_size=KEM_PUBLIC_LEN)),
+    st.builds(KemReply, st.binary(min_size=KEM_CIPHERTEXT_LEN, max_size=KEM_CIPHERTEXT_LEN)),
 )
 
 
@@ -235,3 +241,19 @@ def test_fuzz_mutated_frames(frame: Frame, data: st.DataObject) -> None:
     except RemoteProtocolError:
         return
     assert decode_frame_untrusted(encode_frame(decoded), MAX_MESSAGE) == decoded
+
+
+def test_kem_frames_have_fixed_sizes_and_pass_any_max_message() -> None:
+    """The ratchet's frames (DESIGN §11) are accepted even when messages are tiny."""
+    offer, reply = KemOffer(bytes(KEM_PUBLIC_LEN)), KemReply(bytes(KEM_CIPHERTEXT_LEN))
+    assert msgpack.unpackb(encode_frame(offer)) == [8, bytes(KEM_PUBLIC_LEN)]
+    assert msgpack.unpackb(encode_frame(reply)) == [9, bytes(KEM_CIPHERTEXT_LEN)]
+    for frame in (offer, reply):
+        assert decode_frame_untrusted(encode_frame(frame), 1) == frame
+    for bad in ([8, bytes(KEM_PUBLIC_LEN - 1)], [8, bytes(KEM_PUBLIC_LEN + 1)],
+                [9, bytes(KEM_PUBLIC_LEN)], [8], [9, bytes(KEM_CIPHERTEXT_LEN), 0],
+                [8, "x" * KEM_PUBLIC_LEN]):
+        with pytest.raises(RemoteProtocolError):
+            decode_frame_untrusted(_enc(bad), MAX_MESSAGE)
+    with pytest.raises(LimitError):  # a DATA frame is still bound by max_message
+        decode_frame_untrusted(encode_frame(Data(b"x" * KEM_PUBLIC_LEN, SIG)), 1)

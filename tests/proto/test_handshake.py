@@ -1,4 +1,4 @@
-"""The hotline KK handshake: packets, pinning, replay guard, mac1/mac2, fuzz."""
+"""The hotline KKpsk2 handshake: packets, pinning, replay guard, mac1/mac2, psk choice, fuzz."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ from hotline.proto.handshake import (
     keeps_own_initiation,
 )
 from hotline.proto.identity import Identity, PublicKey
+from hotline.proto.pq import PskRing, psk_of
+from hotline.proto.records import RatchetRecord
 
 ALICE = Identity.from_seed(bytes(range(32)))
 BOB = Identity.from_seed(bytes(range(32, 64)))
@@ -50,7 +52,7 @@ def _remac(body: bytes, receiver: PublicKey) -> bytes:
 def test_full_handshake_both_ways() -> None:
     for initiator, responder in ((ALICE, BOB), (BOB, ALICE)):
         init, packet = _initiation(our=initiator, their=responder.public, index=0xDEADBEEF)
-        assert len(packet) == INITIATION_MAX == 101
+        assert len(packet) == INITIATION_MAX == 127
         resp = Responder(responder, initiator.public, os.urandom)
         r_session, response = resp.consume_initiation_untrusted(packet, 42, 11.0)
         assert len(response) == RESPONSE_MAX == 96
@@ -65,6 +67,9 @@ def test_full_handshake_both_ways() -> None:
         assert i_session.recv_key == r_session.send_key
         assert i_session.send_key != i_session.recv_key
         assert resp.last_timestamp_ns == T0
+        assert i_session.handshake_hash == r_session.handshake_hash
+        assert not i_session.pq
+        assert not r_session.pq
 
 
 def test_session_keys_carry_transport_packets() -> None:
@@ -78,7 +83,8 @@ def test_session_keys_carry_transport_packets() -> None:
 
 
 def test_interop_with_noiseprotocol_transcript() -> None:
-    """Our packets carry a standard Noise KK message: noiseprotocol reads message 1."""
+    """Our packets carry a standard Noise KKpsk2 message: noiseprotocol reads message 1
+    (its psk is needed only from message 2 on)."""
     from noise.connection import Keypair, NoiseConnection
 
     conn = NoiseConnection.from_name(PROTOCOL_NAME.encode())
@@ -86,10 +92,11 @@ def test_interop_with_noiseprotocol_transcript() -> None:
     conn.set_keypair_from_private_bytes(Keypair.STATIC, BOB.x25519_private())
     conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, ALICE.public.x25519())
     conn.set_prologue(PROLOGUE)
+    conn.set_psks(psk=psk_of(None, None))
     conn.start_handshake()
     _, packet = _initiation(index=5)
     payload = conn.read_message(packet[5:-32])
-    assert msgpack.unpackb(payload) == [1, 5, T0]
+    assert msgpack.unpackb(payload) == [1, 5, T0, PskRing(None, None).offered_ids()]
 
 
 def test_stranger_with_valid_noise_is_rejected_and_state_kept() -> None:
@@ -137,20 +144,28 @@ def test_replayed_or_older_initiation_rejected() -> None:
 
 def _raw_initiation(payload: bytes, index: int = 7) -> bytes:
     hs = noise.HandshakeState(PROTOCOL_NAME, True, PROLOGUE, s=ALICE.x25519_private(),
-                              rs=BOB.public.x25519(), rng=os.urandom)
+                              rs=BOB.public.x25519(), psks=None, rng=os.urandom)
     body = b"\x01" + struct.pack(">I", index) + hs.write_message(payload)
     return _remac(body, BOB.public)
 
 
+IDS = PskRing(None, None).offered_ids()
+
+
 @pytest.mark.parametrize(("payload", "error"), [
-    (msgpack.packb([2, 7, T0]), HandshakeError),
-    (msgpack.packb([1, 8, T0]), HandshakeError),
-    (msgpack.packb([1, 7]), DecodeError),
-    (msgpack.packb([1, 7, -1]), DecodeError),
-    (msgpack.packb([1, 7, True]), DecodeError),
+    (msgpack.packb([2, 7, T0, IDS]), HandshakeError),
+    (msgpack.packb([1, 8, T0, IDS]), HandshakeError),
+    (msgpack.packb([1, 7, T0]), DecodeError),
+    (msgpack.packb([1, 7, -1, IDS]), DecodeError),
+    (msgpack.packb([1, 7, True, IDS]), DecodeError),
+    (msgpack.packb([1, 7, T0, IDS[:16]]), DecodeError),
+    (msgpack.packb([1, 7, T0, IDS + IDS[:8]]), LimitError),
+    (msgpack.packb([1, 7, T0, "x" * 24]), DecodeError),
     (msgpack.packb({1: 2}), DecodeError),
     (b"\xc1\xc1\xc1\xc1", DecodeError),
-], ids=["version", "index", "short", "negative", "bool", "map", "garbage"])
+    (msgpack.packb([1, 7, T0, bytes(24)]), HandshakeError),
+], ids=["version", "index", "short", "negative", "bool", "ids-short", "ids-long", "ids-str",
+        "map", "garbage", "no-psk-in-common"])
 def test_bad_initiation_payload(payload: bytes, error: type[Exception]) -> None:
     resp = Responder(BOB, ALICE.public, os.urandom)
     with pytest.raises(error):
@@ -160,7 +175,7 @@ def test_bad_initiation_payload(payload: bytes, error: type[Exception]) -> None:
 
 def test_canonical_msgpack_payload_accepted() -> None:
     resp = Responder(BOB, ALICE.public, os.urandom)
-    resp.consume_initiation_untrusted(_raw_initiation(msgpack.packb([1, 7, 5])), 1, 0.0)
+    resp.consume_initiation_untrusted(_raw_initiation(msgpack.packb([1, 7, 5, IDS])), 1, 0.0)
     assert resp.last_timestamp_ns == 5
 
 
@@ -308,3 +323,63 @@ def test_rewritten_responder_index_is_refused_and_the_genuine_response_still_wor
         init.consume_response_untrusted(forged, 0.0)
     session = init.consume_response_untrusted(response, 0.0)
     assert session.their_index == 9
+
+
+# --- which psk keys the session (DESIGN §11) ------------------------------------------
+
+R1, R2, R3 = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
+
+
+def _handshake(ours: PskRing, theirs: PskRing):
+    init, packet = Initiation.start(ALICE, BOB.public, 7, T0, 0.0, os.urandom, psks=ours)
+    r_session, response = Responder(BOB, ALICE.public, os.urandom, psks=theirs) \
+        .consume_initiation_untrusted(packet, 9, 0.0)
+    i_session = init.consume_response_untrusted(response, 0.0)
+    assert (i_session.send_key, i_session.recv_key) == (r_session.recv_key, r_session.send_key)
+    assert i_session.psk == r_session.psk
+    return i_session
+
+
+@pytest.mark.parametrize(("ours", "theirs", "used"), [
+    (RatchetRecord(R2, R1), RatchetRecord(R2, R1), R2),  # in step: the newest
+    (RatchetRecord(R1, None), RatchetRecord(R2, R1), R1),  # our reply was lost
+    (RatchetRecord(R2, R1), RatchetRecord(R1, None), R1),  # theirs was
+    (RatchetRecord(R3, R2), RatchetRecord(R2, R1), R2),
+    (None, RatchetRecord(R2, R1), None),  # our store was wiped: base psk, classical
+    (RatchetRecord(R2, R1), None, None),
+    (RatchetRecord(R3, None), RatchetRecord(R2, R1), None),  # nothing in common
+], ids=["in-step", "we-lag", "they-lag", "two-steps", "we-wiped", "they-wiped", "disjoint"])
+def test_the_newest_psk_both_hold_keys_the_session(
+        ours: RatchetRecord | None, theirs: RatchetRecord | None, used: bytes | None) -> None:
+    session = _handshake(PskRing(None, ours), PskRing(None, theirs))
+    assert session.psk.ratchet == used
+    assert session.pq == (used is not None)
+
+
+def test_psk_file_makes_even_the_first_session_pq_and_must_match() -> None:
+    secret = bytes(range(32))
+    session = _handshake(PskRing(secret, None), PskRing(secret, None))
+    assert session.pq
+    assert session.psk.ratchet is None
+    _, packet = Initiation.start(ALICE, BOB.public, 7, T0, 0.0, os.urandom,
+                                 psks=PskRing(secret, None))
+    with pytest.raises(HandshakeError, match="psk_file"):
+        Responder(BOB, ALICE.public, os.urandom).consume_initiation_untrusted(packet, 9, 0.0)
+
+
+def test_a_response_keyed_with_a_psk_we_did_not_name_fails_and_changes_nothing() -> None:
+    """The responder's ring decides nothing the initiator did not offer: a response keyed
+    with any other psk fails every trial, and the genuine one still completes."""
+    init, packet = Initiation.start(ALICE, BOB.public, 7, T0, 0.0, os.urandom,
+                                    psks=PskRing(None, RatchetRecord(R1, None)))
+    hs = noise.HandshakeState(PROTOCOL_NAME, False, PROLOGUE, s=BOB.x25519_private(),
+                              rs=ALICE.public.x25519(), psks=None, rng=os.urandom)
+    hs.read_message(packet[5:-32])
+    hs.set_psks([psk_of(None, R3)])
+    body = b"\x02" + struct.pack(">II", 9, 7) + hs.write_message(b"\x92\x01\x09")
+    with pytest.raises(AuthenticationError, match="none of the psks"):
+        init.consume_response_untrusted(_remac(body, ALICE.public), 0.0)
+    _, genuine = Responder(BOB, ALICE.public, os.urandom,
+                           psks=PskRing(None, RatchetRecord(R1, None))) \
+        .consume_initiation_untrusted(packet, 9, 0.0)
+    assert init.consume_response_untrusted(genuine, 0.0).psk.ratchet == R1

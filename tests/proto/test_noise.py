@@ -173,3 +173,26 @@ def test_fuzz_first_message(name: str, data: bytes) -> None:
         assert resp.handshake_hash == before
     else:  # only a first message without any key (XX, I1X1: "e" or "e, s") can pass
         assert not {"ee", "es", "se", "ss", "psk"} & set(pattern.messages[0])
+
+
+def test_late_psk_misuse_raises_local_errors() -> None:
+    kkpsk2 = "Noise_KKpsk2_25519_ChaChaPoly_BLAKE2s"
+    init = HandshakeState(kkpsk2, True, b"", s=S_I, rs=x25519_public(S_R), psks=None,
+                          rng=os.urandom)
+    resp = HandshakeState(kkpsk2, False, b"", s=S_R, rs=x25519_public(S_I), psks=None,
+                          rng=os.urandom)
+    resp.read_message(init.write_message(b""))  # message 1 needs no psk
+    with pytest.raises(LocalProtocolError, match="no psk"):
+        resp.write_message(b"")
+    with pytest.raises(LocalProtocolError, match="psks of 32 bytes"):
+        resp.set_psks([bytes(32), bytes(32)])
+    with pytest.raises(LocalProtocolError, match="psks of 32 bytes"):
+        resp.set_psks([bytes(31)])
+    resp.set_psks([bytes(32)])
+    response = resp.write_message(b"")
+    with pytest.raises(LocalProtocolError, match="no psk"):
+        init.read_message(response)
+    assert not init.complete  # the failed read changed nothing
+    init.set_psks([bytes(32)])
+    init.read_message(response)
+    assert init.handshake_hash == resp.handshake_hash

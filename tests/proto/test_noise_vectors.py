@@ -49,15 +49,17 @@ def _key(vector: dict[str, Any], field: str) -> bytes | None:
     return bytes.fromhex(vector[field]) if field in vector else None
 
 
-def _side(vector: dict[str, Any], prefix: str, initiator: bool) -> HandshakeState:
+def _side(vector: dict[str, Any], prefix: str, initiator: bool,
+          late_psks: bool = False) -> HandshakeState:
     def no_rng(n: int) -> bytes:
         raise AssertionError("vectors fix every ephemeral")
 
+    psks = [bytes.fromhex(p) for p in vector.get(f"{prefix}_psks", [])]
     return HandshakeState(
         vector["protocol_name"], initiator, bytes.fromhex(vector[f"{prefix}_prologue"]),
         s=_key(vector, f"{prefix}_static"), e=_key(vector, f"{prefix}_ephemeral"),
-        rs=_key(vector, f"{prefix}_remote_static"),
-        psks=[bytes.fromhex(p) for p in vector.get(f"{prefix}_psks", [])], rng=no_rng,
+        rs=_key(vector, f"{prefix}_remote_static"), psks=None if late_psks else psks,
+        rng=no_rng,
     )
 
 
@@ -96,3 +98,29 @@ def test_vector(vector: dict[str, Any]) -> None:
     c1_i, c2_i = init.split()
     c1_r, c2_r = resp.split()
     _run_transport(vector, start, (c1_i, c2_i, c2_r, c1_r), init.pattern.one_way)
+
+
+LATE_PSK = [v for v in VECTORS if v.get("init_psks") and "psk0" not in v["protocol_name"]]
+
+
+@pytest.mark.parametrize("vector", LATE_PSK, ids=[v["protocol_name"] for v in LATE_PSK])
+def test_vector_with_psks_given_late(vector: dict[str, Any]) -> None:
+    """hotline's KKpsk2 sets its psk only once the first message is through
+    (``psks=None``, then ``set_psks``): every vector whose first psk token comes after
+    the first message, KKpsk2 among them, still comes out byte for byte."""
+    init, resp = _side(vector, "init", True, late_psks=True), _side(vector, "resp", False,
+                                                                     late_psks=True)
+    first = next(i for i, m in enumerate(init.pattern.messages) if "psk" in m)
+    for i, msg in enumerate(vector["messages"][:len(init.pattern.messages)]):
+        if i == first:
+            init.set_psks([bytes.fromhex(p) for p in vector["init_psks"]])
+            resp.set_psks([bytes.fromhex(p) for p in vector["resp_psks"]])
+        writer, reader = (init, resp) if i % 2 == 0 else (resp, init)
+        ciphertext = writer.write_message(bytes.fromhex(msg["payload"]))
+        assert ciphertext.hex() == msg["ciphertext"], f"handshake message {i}"
+        reader.read_message(ciphertext)
+    assert init.handshake_hash == resp.handshake_hash == bytes.fromhex(vector["handshake_hash"])
+
+
+def test_kkpsk2_is_among_the_vectors() -> None:
+    assert "Noise_KKpsk2_25519_ChaChaPoly_BLAKE2s" in {v["protocol_name"] for v in LATE_PSK}

@@ -30,6 +30,7 @@ from hotline.proto.notices import (
     WARNING,
     Narrator,
     Notice,
+    heartbeat_notice,
 )
 from hotline.proto.outgoing import Fork
 from hotline.proto.status import LaneSnapshot, LinkSnapshot, PathSnapshot
@@ -113,10 +114,22 @@ def test_handshake() -> None:
     n = narrator()
     assert n.narrate(HandshakeComplete(1, True), 0.0) == Notice(
         "handshake", NOTICE,
-        {"peer": "moscow", "path": UDP, "result": "ok", "role": "initiator"})
-    notice = n.narrate(HandshakeComplete(0, False), 0.0)
+        {"peer": "moscow", "path": UDP, "result": "ok", "role": "initiator", "pq": "no"})
+    notice = n.narrate(HandshakeComplete(0, False, pq=True), 0.0)
     assert notice is not None
     assert notice.fields["role"] == "responder"
+    assert notice.fields["pq"] == "yes"
+
+
+def test_heartbeat_says_pq_and_a_change_of_pq_is_logged_at_once() -> None:
+    n = narrator()
+    assert n.heartbeat_due(snap(), 0.0)
+    assert heartbeat_notice(snap()).fields["pq"] == "no"
+    assert list(heartbeat_notice(snap()).fields)[-1] == "pq"
+    pq = snap(pq=True)
+    assert heartbeat_notice(pq).fields["pq"] == "yes"
+    assert n.heartbeat_due(pq, 1.0)  # the first post-quantum session: a line at once
+    assert not n.heartbeat_due(pq, 2.0)
 
 
 def test_first_contact_is_a_notice_but_a_new_epoch_is_priority_2() -> None:
