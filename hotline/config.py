@@ -59,7 +59,8 @@ from hotline.proto.supervision import PRECEDENCES
 CONFIG_DIR = Path("/etc/hotline")
 RUNTIME_BASE = Path("/run/hotline")
 MAX_MESSAGE_LIMIT = 1 << 20
-MAX_BACKLOG_LIMIT = 10_000_000
+DEFAULT_MAX_BACKLOG = 10_000_000  # DESIGN §4b: the disk, not RAM, bounds the backlog
+MAX_BACKLOG_LIMIT = 1_000_000_000
 MAX_SESSION_AGE = 180.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
@@ -101,7 +102,7 @@ class Config:
     rekey_after: float = 120.0
     max_message: int = 65536
     receipt_every: float = 1.0
-    max_backlog: int = 100_000
+    max_backlog: int = DEFAULT_MAX_BACKLOG
     peer_name: str
     peer_key: PublicKey
     peer_paths: tuple[PathSpec, ...]
@@ -272,7 +273,7 @@ class _Loader:
             log_every=self.seconds("log_every", 60.0),
             rekey_after=self.seconds("rekey_after", 120.0, below=MAX_SESSION_AGE),
             max_message=self.max_message(), receipt_every=self.seconds("receipt_every", 1.0),
-            max_backlog=self.integer("max_backlog", 100_000, 1, MAX_BACKLOG_LIMIT),
+            max_backlog=self.integer("max_backlog", DEFAULT_MAX_BACKLOG, 1, MAX_BACKLOG_LIMIT),
             peer_name=self.peer_name(peer), peer_key=self.peer_key(peer),
             peer_paths=self.peer_paths(peer), psk_file=self.psk_file(),
             operator_ack=operator_ack,

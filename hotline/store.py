@@ -38,7 +38,7 @@ The daemon calls the store from one worker thread (hence ``check_same_thread=Fal
 the CLI (``verify``, ``export``) may read the same file meanwhile: WAL lets readers run
 beside the one writer, and ``busy_timeout`` waits out brief locks.
 
-Schema versions live in ``PRAGMA user_version``; ``_MIGRATIONS[n]`` upgrades version n
+Schema versions live in ``PRAGMA user_version``; ``store_schema.MIGRATIONS[n]`` upgrades version n
 to n + 1 (version 0 is the empty file, version 1 the first release's single-lane
 store, whose messages become routine); a file from a newer hotline is refused.
 

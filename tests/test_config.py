@@ -458,3 +458,8 @@ def test_unreadable_credentials_dir_is_named_not_skipped(site: Path,
     finally:
         creds.chmod(0o700)
     assert proc.stdout.strip() == str(creds / "identity"), proc.stderr
+
+
+def test_max_backlog_defaults_to_design_figure(site: Path) -> None:
+    """DESIGN §4b: 10,000,000 messages by default (the disk bounds it, not RAM)."""
+    assert load_config(site / "link.toml", environ={}).max_backlog == 10_000_000

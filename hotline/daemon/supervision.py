@@ -21,6 +21,7 @@ then gives queued alert commands up to their timeout to finish.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
@@ -36,8 +37,8 @@ from hotline.daemon.metrics import (
     serve_metrics,
 )
 from hotline.proto.endpoint import Endpoint
-from hotline.proto.lanes import NAMES, parse_message_id
-from hotline.proto.supervision import Alert
+from hotline.proto.lanes import NAMES
+from hotline.proto.supervision import Alert, AlertPolicy, AlertSettings
 
 PUBLISH_EVERY = 0.25  # seconds between metrics snapshots on a busy loop
 
@@ -95,6 +96,22 @@ class Supervision:
                 nursery.cancel_scope.deadline = trio.current_time() + self._drain_timeout
 
 
+async def alert_insecure_key(config: Config, logger: Logger, path: str, reason: str) -> None:
+    """DESIGN §10 ``insecure_key`` for a daemon that refuses to start over a key file.
+
+    The endpoint (and its alert policy) never exists then, so this raises the alert with
+    a policy of its own, fires it through the same ``AlertRunner`` (journal line and
+    ``alert_command``) and waits for the command, at most its timeout, before returning.
+    """
+    now = trio.current_time()
+    policy = AlertPolicy(config.peer_name, AlertSettings(config.alert_after,
+                                                         config.alert_every), now)
+    policy.on_insecure_key(path, reason, now)
+    supervision = Supervision(dataclasses.replace(config, metrics=None), logger, now)
+    async with supervision.running():
+        supervision.after_turn(now, policy.alerts_to_send(), MetricsSnapshot)
+
+
 def metrics_snapshot(endpoint: Endpoint, now: float, up_since: float) -> MetricsSnapshot:
     """The ``/metrics`` view of ``endpoint`` at ``now`` (``up_since``: daemon start)."""
     status = endpoint.status(now)
@@ -103,9 +120,7 @@ def metrics_snapshot(endpoint: Endpoint, now: float, up_since: float) -> Metrics
     for kind, count in endpoint.narrator.dropped.items():
         reason = drop_reason(kind)
         dropped[reason] = dropped.get(reason, 0) + count
-    pending = dict.fromkeys(NAMES, 0)
-    for item in status.operator_pending:
-        pending[NAMES[parse_message_id(item.id)[0]]] += 1
+    pending = dict(zip(NAMES, endpoint.operator.pending_counts(), strict=True))
     counters = endpoint.counters
     return MetricsSnapshot(
         link_up=any(p.state == "up" for p in status.paths),

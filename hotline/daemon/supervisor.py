@@ -3,7 +3,7 @@
 Start-up order (DESIGN §8): key, store, listeners, control socket — then READY=1.
 The daemon never waits for the peer to be ready. Tasks, all in one nursery:
 
-* the runner (owns the Link), the store worker (SQLite on its own thread);
+* the runner (owns the Endpoint), the store worker (SQLite on its own thread);
 * transports: one ``TcpPath`` per peer TCP path (dials), one ``TcpListener`` per TCP
   listen address (accepts the peer's dials), one ``UdpEndpoint`` for all UDP;
 * the control server; the watchdog (WATCHDOG=1 at half of WATCHDOG_USEC, only while
@@ -32,8 +32,8 @@ from hotline.daemon.logs import NOTICE, Logger
 from hotline.daemon.notify import Notifier
 from hotline.daemon.runner import Runner, RunnerInput
 from hotline.daemon.storeworker import StoreWorker
-from hotline.daemon.supervision import Supervision
-from hotline.errors import ConfigError
+from hotline.daemon.supervision import Supervision, alert_insecure_key
+from hotline.errors import ConfigError, KeyPermissionError
 from hotline.keyfile import load_identity, load_psk
 from hotline.proto.endpoint import Endpoint, EndpointSettings
 from hotline.proto.identity import Identity, PublicKey
@@ -91,10 +91,19 @@ async def run_daemon(config: Config, logger: Logger, notifier: Notifier) -> None
 
     Raises:
         ConfigError: ML-KEM-768 is not available here (DESIGN §11), or a bad config.
+        KeyPermissionError: the key or psk file may be read by others (after the
+            ``insecure_key`` alert went out).
     """
     require_mlkem()
-    identity, peer = load_keys(config)
-    psk = load_psk(config.psk_file) if config.psk_file is not None else None
+    secret_file = config.key_path
+    try:
+        identity, peer = load_keys(config)
+        if config.psk_file is not None:
+            secret_file = config.psk_file
+        psk = load_psk(config.psk_file) if config.psk_file is not None else None
+    except KeyPermissionError as err:
+        await alert_insecure_key(config, logger, str(secret_file), str(err))
+        raise
     store = await trio.to_thread.run_sync(Store.open, config.state_dir, identity.public.raw,
                                           peer.raw)
     try:

@@ -9,8 +9,9 @@ turns the Link's events into notices with these rules:
 * a handshake (5); the peer's new epoch (first contact 5; a reset store 2 — loud);
 * a gap (our store went back in time, 2), our own store found behind (2);
 * a refused packet: authentication and handshake failures at priority 3, at most one
-  line per reason every ``AUTH_LOG_EVERY`` seconds (a flood of forged packets cannot
-  flood the journal; the next line says how many were held); anything else at 7;
+  line per kind and path every ``AUTH_LOG_EVERY`` seconds, showing the latest reason
+  (a flood of forged packets cannot flood the journal, nor grow our memory by varying
+  its reasons; the next line says how many were held); anything else at 7;
 * the heartbeat line every ``log_every`` seconds and at once when the link's shape
   (state, active path, path states, whether the session is post-quantum) changes —
   not on every rekey. Its last field is ``pq=yes|no`` (DESIGN §11).
@@ -78,7 +79,7 @@ class Narrator:
     urls: tuple[str, ...]
     log_every: float
     dropped: dict[str, int] = field(default_factory=dict)
-    _auth: dict[str, tuple[float, int]] = field(default_factory=dict)
+    _auth: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)
     _lost_told: set[tuple[bytes, int, int]] = field(default_factory=set)
     _shape: tuple[object, ...] = ()
     _next_heartbeat: float = -math.inf
@@ -162,13 +163,15 @@ class Narrator:
         if event.kind not in AUTH_KINDS:
             return Notice("debug", DEBUG, {"peer": self.peer, "path": url,
                                            "dropped": event.kind, "reason": event.reason})
-        key = f"{event.kind}: {event.reason}"
+        key = (event.kind, event.path_id)  # bounded: never keyed by the peer's text
         last, held = self._auth.get(key, (-math.inf, 0))
         if now - last < AUTH_LOG_EVERY:
             self._auth[key] = (last, held + 1)
             return None
         self._auth[key] = (now, 0)
-        reason = key if not held else f"{key} (and {held} more since the last line)"
+        reason = f"{event.kind}: {event.reason}"
+        if held:
+            reason += f" (and {held} more since the last line)"
         return Notice("auth", ERR, {"peer": self.peer, "path": url, "reason": reason})
 
 

@@ -13,9 +13,13 @@ import trio
 from hotline.config import Config, PathSpec
 from hotline.daemon.logs import Logger
 from hotline.daemon.metrics import MetricsSnapshot
-from hotline.daemon.supervision import PUBLISH_EVERY, Supervision
+from hotline.daemon.supervision import PUBLISH_EVERY, Supervision, metrics_snapshot
 from hotline.proto.identity import Identity
+from hotline.proto.lanes import FLASH
+from hotline.proto.operator import STATUS_ITEMS
+from hotline.proto.requests import SendRequest, Stored
 from hotline.proto.supervision import Alert
+from hotline.testing.endpoints import NodePair
 from hotline.testing.metrics import sample, scrape_metrics
 
 CONFIG = Config(
@@ -88,3 +92,22 @@ async def test_running_serves_metrics_and_runs_alert_commands(tmp_path: Path) ->
     assert sample(samples, "hotline_link_up") == 0
     assert sample(samples, "hotline_alerts_total", event="link_down") == 1
     assert sample(samples, "hotline_last_heard_seconds") >= 31
+
+
+def test_metrics_count_every_pending_message_not_only_those_status_lists(
+        tmp_path: Path) -> None:
+    """``status`` lists at most STATUS_ITEMS pending messages; the gauge counts them all."""
+    pair = NodePair(tmp_path / "pair")
+    try:
+        pair.run(1.0)
+        a = pair.a
+        token = a.call(SendRequest("text/plain", tuple(b"x" for _ in range(STATUS_ITEMS + 5)),
+                                   FLASH))
+        a.turn()
+        assert isinstance(a.replies.pop(token), Stored)
+        snap = metrics_snapshot(a.endpoint, pair.now, up_since=0.0)
+        assert len(a.endpoint.status(pair.now).operator_pending) == STATUS_ITEMS
+        assert snap.operator_pending == {"flash": STATUS_ITEMS + 5, "immediate": 0,
+                                         "priority": 0, "routine": 0}
+    finally:
+        pair.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hotline.testing.loopback import ProxiedPair, free_port
+from hotline.testing.loopback import LoopbackPair, ProxiedPair, free_port
 from hotline.testing.metrics import sample, scrape_metrics
 
 ALERT_AFTER = 3.0
@@ -148,3 +148,21 @@ def test_a_hanging_or_failing_alert_command_never_blocks_the_daemon(tmp_path: Pa
         p.close()
     failed = [x for x in p[0].log_lines("alert_command") if "result=ok" not in x]
     assert failed, "the hung command should have been reported (timeout or killed)"
+
+
+def test_a_daemon_refusing_an_insecure_key_pages_before_it_exits(tmp_path: Path) -> None:
+    """DESIGN §10 ``insecure_key``: the journal line and ``alert_command``, then exit 77."""
+    out = tmp_path / "alerts.jsonl"
+    record = _recorder(tmp_path, "record", f'cat >> "{out}"')
+    p = LoopbackPair(tmp_path / "pair", node_settings={"washington": {
+        "alert_command": [str(record)]}})
+    p[0].key.chmod(0o644)
+    p.start(0)
+    assert p[0].proc is not None
+    assert p[0].proc.wait(timeout=60) == 77
+    alerts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(a["event"], a["severity"], a["peer"]) for a in alerts] == [
+        ("insecure_key", "critical", "moscow")]
+    assert str(p[0].key) in alerts[0]["text"]
+    assert [line for line in p[0].log_lines("alert") if "alert=insecure_key" in line]
+    assert p[0].log_lines("insecure")

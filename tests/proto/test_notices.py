@@ -191,16 +191,21 @@ def test_auth_lines_are_limited_to_one_per_reason_per_10_s_with_the_held_count()
     assert n.dropped == {"AuthenticationError": 9}  # every one counted, logged or not
 
 
-def test_auth_limit_is_per_reason_and_kind() -> None:
+def test_auth_limit_is_per_kind_and_path_and_shows_the_latest_reason() -> None:
     n = narrator()
     assert n.narrate(Dropped(0, "AuthenticationError", "bad mac1"), 0.0) is not None
-    assert n.narrate(Dropped(0, "AuthenticationError", "bad AEAD tag"), 0.0) is not None
+    assert n.narrate(Dropped(1, "AuthenticationError", "bad mac1"), 0.0) is not None
     assert n.narrate(Dropped(0, "HandshakeError", "bad mac1"), 0.0) is not None
-    handshake = n.narrate(Dropped(0, "HandshakeError", "rate limited"), 1.0)
-    assert handshake is not None
-    assert (handshake.kind, handshake.priority) == ("auth", ERR)
+    for seq in range(1000):  # a peer varying its reason text gets no extra lines
+        reason = f"envelope {seq} does not chain to its predecessor"
+        assert n.narrate(Dropped(0, "AuthenticationError", reason), 1.0) is None
+    assert len(n._auth) == 3  # bounded by kinds x paths, not by the peer's text
+    later = n.narrate(Dropped(0, "AuthenticationError", "bad AEAD tag"), 10.0)
+    assert later is not None
+    assert later.fields["reason"] == (
+        "AuthenticationError: bad AEAD tag (and 1000 more since the last line)")
     assert n.narrate(Dropped(0, "HandshakeError", "rate limited"), 2.0) is None
-    assert n.dropped == {"AuthenticationError": 2, "HandshakeError": 3}
+    assert n.dropped == {"AuthenticationError": 1003, "HandshakeError": 2}
 
 
 def test_other_refusals_are_debug_lines_every_time() -> None:
