@@ -82,13 +82,14 @@ class Options:
     samples: int = 200  # idle send→ack: measured sends
     startup_runs: int = 5
     drain_window_s: float = 1.5  # FLASH trial: link-up to the end of the drain sample
+    settle_s: float = 2.5  # a fresh link's heartbeats before measuring (RTT estimates)
 
     @classmethod
     def quick(cls, **given: Any) -> Options:
         """A short smoke run (seconds, not minutes); figures are rough."""
         small = cls(messages=1_000, backlog=2_000, trials=1, wan_backlog=300,
                     wan_flash_after_s=0.3, micro_s=0.05, fsync_commits=20, warmup=3,
-                    samples=20, startup_runs=1, drain_window_s=0.3)
+                    samples=20, startup_runs=1, drain_window_s=0.3, settle_s=0.5)
         return small.with_given(**given)
 
     def with_given(self, **given: Any) -> Options:
@@ -345,7 +346,7 @@ def measure_pair(root: Path, opts: Options) -> dict[str, Any]:
     pair.start_all()
     try:
         out["link_up_s"] = pair.wait_up(timeout=30)
-        time.sleep(2.5)  # a few heartbeats for the RTT estimate
+        time.sleep(opts.settle_s)  # a few heartbeats for the RTT estimate
         rtts = {p["url"].split(":", 1)[0]: p["rtt_ms"] for p in _paths(pair.status(0))}
         out["rtt_ms"] = rtts
         out["idle_ack"] = measure_idle_ack(pair, opts)
@@ -442,13 +443,13 @@ def _udp_active(pair: ProxiedPair) -> bool:
     return bool(status and str(status.get("active", "")).startswith("udp"))
 
 
-def measure_failover(root: Path) -> dict[str, float]:
+def measure_failover(root: Path, settle_s: float) -> dict[str, float]:
     """Seconds from a TCP black hole to the in-flight message's ack and to UDP active."""
     pair = ProxiedPair(root)
     pair.start_all()
     try:
         pair.wait_up(timeout=30)
-        time.sleep(1.5)
+        time.sleep(settle_s)
         pair.set_faults("tcp", blackhole=True)
         cut = time.monotonic()
         with connect(pair[0].control, timeout=60) as client:
@@ -512,7 +513,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:
         result["pair"] = measure_pair(Path(tmp), opts)
     with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:
-        result["failover"] = measure_failover(Path(tmp))
+        result["failover"] = measure_failover(Path(tmp), opts.settle_s)
     with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:
         result["wan"] = measure_thin_circuit(Path(tmp), opts)
     result["ratios"] = _ratios(result)
