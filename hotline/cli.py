@@ -192,7 +192,19 @@ def _demo(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--messages", type=int, default=5000, help="messages for the rate test")
+    p.add_argument("--messages", type=int, metavar="N",
+                   help="lines through `send --lines --wait` (default 20000)")
+    p.add_argument("--backlog", type=int, metavar="N",
+                   help="routine backlog behind each FLASH trial (default 100000)")
+    p.add_argument("--trials", type=int, metavar="N", help="FLASH trials (default 5)")
+    p.add_argument("--delay", type=float, metavar="MS", dest="delay_ms",
+                   help="WAN profile: one-way delay added each way (default 100)")
+    p.add_argument("--rate", type=float, metavar="MBIT", dest="rate_mbit",
+                   help="WAN profile: bottleneck rate each way, Mbit/s (default 1)")
+    p.add_argument("--queue", type=int, metavar="N",
+                   help="WAN profile: bottleneck queue in packets (default 50)")
+    p.add_argument("--quick", action="store_true",
+                   help="a short smoke run (small counts, rough figures)")
     p.add_argument("--json", action="store_true", help="one JSON object")
 
 
@@ -209,8 +221,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "status": ("show the link's state", _status),
     "verify": ("re-check every stored signature, chain link, receipt", _link_options),
     "export": ("write a message and its SSH signature to DIR", _export),
-    "demo": ("two daemons on loopback: messages, failover, logs", _demo),
-    "bench": ("measure handshake, RTT, acked msgs/s, failover", _bench),
+    "demo": ("two daemons on loopback: messages, precedence, operator ack, failover",
+             _demo),
+    "bench": ("measure the floor, throughput, send→ack, FLASH latency, failover, WAN",
+              _bench),
 }
 
 

@@ -1,4 +1,4 @@
-"""``hotline bench``: measure handshake, RTT, latency, acked msgs/s, failover (bench.py)."""
+"""``hotline bench``: the floor, throughput, send→ack, FLASH latency, failover, WAN (bench.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import argparse
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the report (``--json``: one object)."""
-    from hotline.bench import main
+    from hotline.bench import Options, main
 
-    return main(args.messages, args.json)
+    given = {name: getattr(args, name)
+             for name in ("messages", "backlog", "trials", "delay_ms", "rate_mbit", "queue")}
+    opts = Options.quick(**given) if args.quick else Options().with_given(**given)
+    return main(opts, args.json)

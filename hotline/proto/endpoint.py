@@ -342,6 +342,7 @@ class Endpoint:
             skew_ms=skews[0] / 1e6 if skews else None,
             session_age_s=link.sessions.session_age(now),
             dropped=dict(self.narrator.dropped), epoch=link.epoch.hex(),
+            retransmitted=tuple(link.outgoing[lane].retransmissions for lane in LANES),
             operator_pending=self.operator.pending_items(now),  # OPERATOR SEAM
             operator_owed=self.operator.owed_items(now), last_drill=self.operator.drills.last,
             pq=link.sessions.pq,

@@ -8,7 +8,8 @@ DESIGN §6 / §9 ``status --json`` **contract**: ``peer``, ``state``, ``active``
 ``skew_ms``, and ``lanes`` — per precedence ``{out_seq, acked, in_seq, backlog}`` —,
 ``operator_pending`` (ours awaiting the far operator), ``operator_owed`` (theirs
 awaiting ours), ``pq``, ``last_drill`` and diagnostics (``session_age_s``,
-``dropped`` refused inputs by kind, ``epoch``).
+``dropped`` refused inputs by kind, ``retransmitted`` DATA frames sent again per
+precedence since start-up, ``epoch``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class LinkSnapshot:
     skew_ms: float | None = None  # peer's clock minus ours
     session_age_s: float | None = None
     dropped: Mapping[str, int] = field(default_factory=dict)  # refused inputs, by kind
+    retransmitted: Sequence[int] = (0,) * len(NAMES)  # DATA frames sent again, per lane
     epoch: str = ""
     pq: bool = False
     operator_pending: Sequence[OperatorItem] = ()
@@ -117,6 +119,7 @@ class LinkSnapshot:
             "operator_owed": [_item(i) for i in self.operator_owed],
             "pq": self.pq, "last_drill": None if self.last_drill is None else dict(self.last_drill),
             "session_age_s": self.session_age_s, "dropped": dict(self.dropped),
+            "retransmitted": dict(zip(NAMES, self.retransmitted, strict=True)),
             "epoch": self.epoch,
         }
 
