@@ -239,11 +239,15 @@ class Store:
             bytes(row[0]), None if row[1] is None else bytes(row[1]))
 
     def _carries(self) -> tuple[Carry, ...]:
-        """Abandoned epochs' lanes whose backlog is not re-sent yet."""
+        """Abandoned epochs' lanes whose backlog is not re-sent yet, the newest epoch
+        first: it re-sealed the oldest messages of an earlier one still being carried
+        over when it was abandoned (the endpoint's order, ``Endpoint._on_fork``)."""
         carries = []
         for epoch, lane, carried in self._db.execute(
-                "SELECT epoch, lane, carried_upto FROM out_lanes"
-                " WHERE epoch != ? AND carried_upto IS NOT NULL", (self.epoch,)).fetchall():
+                "SELECT l.epoch, l.lane, l.carried_upto FROM out_lanes l"
+                " JOIN out_epochs e ON e.epoch = l.epoch"
+                " WHERE l.epoch != ? AND l.carried_upto IS NOT NULL"
+                " ORDER BY e.ord DESC, l.lane", (self.epoch,)).fetchall():
             head = self._out_head(epoch, lane)[0]
             if carried < head:
                 carries.append(Carry(bytes(epoch), lane, carried, head))

@@ -492,6 +492,17 @@ def test_new_out_epoch_carries_the_backlog(store: Store) -> None:
     reopened.close()
 
 
+def test_carry_overs_resume_newest_epoch_first(store: Store) -> None:
+    """Left again while carried over: the newer epoch holds the oldest messages (the
+    first ones re-sealed), so a restart carries it over first."""
+    first, second = store.epoch, bytes([0xF0]) * 16  # sorts after the first
+    store.apply(batch(outgoing=outs(store, 4)))
+    store.apply(batch(new_epoch=NewOutEpoch(second, "fork")))
+    store.apply(batch(outgoing=outs(store, 2), carried={(first, ROUTINE): 2}))
+    store.apply(batch(new_epoch=NewOutEpoch(bytes([0x01]) * 16, "fork again")))
+    assert store.resume(10).carry == (Carry(second, ROUTINE, 0, 2), Carry(first, ROUTINE, 2, 4))
+
+
 def test_new_out_epoch_must_be_16_bytes(store: Store) -> None:
     with pytest.raises(LocalProtocolError):
         store.apply(batch(new_epoch=NewOutEpoch(b"short", "x")))

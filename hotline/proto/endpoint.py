@@ -26,7 +26,9 @@ with ids are handled one at a time — look the ids up in the store, then seal o
 new ones — so an id is never stored twice), the backlog window of each lane (read from
 the store as acks move it), and what a store that went back in time needs: a peer
 acknowledging more than our store holds, or other bytes, makes us start a new epoch
-and re-send our unacknowledged backlog in it (DESIGN §4b).
+and re-send our unacknowledged backlog in it (DESIGN §4b): re-sealed in order, in
+chunks read back from the store, each exactly once (a lost commit carries its chunk
+again), and before anything sent after the fork in the same lane.
 
 Operator acknowledgement and drills (DESIGN §9, §10) are ``operator.py``'s: the
 endpoint hands its ``OperatorDesk`` the requests, store results and batches it cares
@@ -105,6 +107,7 @@ from hotline.proto.supervision import Alert, AlertPolicy, AlertSettings
 
 MAX_WAIT = 3600.0  # the longest a client may wait for an acknowledgement
 _CARRY_CHUNK = 256
+_READ_RETRY = 1.0  # seconds: after a failed read, no read before this pause
 _REFUSED_MEMORY = 1024
 
 
@@ -152,6 +155,9 @@ class _Batch:
     replies: list[tuple[object, tuple[tuple[int, int], ...]]] = field(default_factory=list)
     delivered: dict[tuple[bytes, int], int] = field(default_factory=dict)
     has_ids: bool = False
+    # The carry-over list as it was before this batch's first re-sealed chunk: if the
+    # batch is lost (failed commit), the carry-over goes back there.
+    carry_before: list[Carry] | None = None
 
 
 @dataclass
@@ -164,7 +170,9 @@ class _Waiter:
 
 
 @dataclass
-class _IdSend:
+class _QueuedSend:
+    """A send that waits: for its ids to be looked up, or for a carry-over to finish."""
+
     token: object
     conversation: object
     request: SendRequest
@@ -201,11 +209,13 @@ class Endpoint:
         self._committing: _Batch | None = None
         self._waiters: list[_Waiter] = []
         self._refused: dict[object, Refused] = {}
-        self._id_queue: deque[_IdSend] = deque()
-        self._id_lookup: _IdSend | None = None
-        self._reads: set[tuple[bytes, int]] = set()
+        self._id_queue: deque[_QueuedSend] = deque()
+        self._id_lookup: _QueuedSend | None = None
+        self._held: deque[_QueuedSend] = deque()  # sends waiting for a carry-over
+        self._reads: dict[int, ReadOutgoing] = {}  # window reads of our epoch, by lane
         self._carry = list(resume.carry)
-        self._carry_reading = False
+        self._carry_read: ReadOutgoing | None = None
+        self._read_retry_at: float | None = None
         self._out = Outputs()
         self._status_line = ""
         # OPERATOR SEAM: operator acknowledgement and drills (proto/operator.py).
@@ -277,9 +287,7 @@ class Endpoint:
         if isinstance(job, Commit):
             self._on_commit_failed(error)
         elif isinstance(job, ReadOutgoing):
-            self._reads.discard((job.epoch, job.lane))
-            self._carry_reading = False
-            self.link.on_read(job.lane, [])
+            self._on_read_failed(job, now)
         elif isinstance(job, LookupSendIds) and self._id_lookup is not None:
             pending, self._id_lookup = self._id_lookup, None
             self._refuse(pending.token, pending.conversation,
@@ -294,7 +302,10 @@ class Endpoint:
         self.link.handle_timer(now)
         for event in self.link.next_events():
             self._on_event(event, now)
+        if self._read_retry_at is not None and now >= self._read_retry_at:
+            self._read_retry_at = None
         self._want_reads()
+        self._release_held(now)
         self._next_id_send()
         self._expire_waiters(now)
         self._operator_poll(now)
@@ -317,7 +328,8 @@ class Endpoint:
     def get_timer(self) -> float | None:
         """The next instant ``poll`` must run even if nothing arrives."""
         deadlines = [self.link.get_timer(), self.narrator.next_heartbeat,
-                     self.alert_policy.get_timer(), self.operator.get_timer()]  # OPERATOR SEAM
+                     self.alert_policy.get_timer(), self.operator.get_timer(),  # OPERATOR SEAM
+                     self._read_retry_at]
         deadlines.extend(w.deadline for w in self._waiters)
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -325,7 +337,7 @@ class Endpoint:
     def idle(self) -> bool:
         """True when nothing waits to be committed (graceful shutdown may close)."""
         return self._committing is None and not self._batch.store and not self._id_queue \
-            and self._id_lookup is None
+            and self._id_lookup is None and not self._held
 
     def status(self, now: float) -> LinkSnapshot:
         """The link as ``status`` and the heartbeat log show it."""
@@ -356,9 +368,26 @@ class Endpoint:
         if refusal is not None:
             self._refuse(token, conversation, refusal)
         elif request.send_ids:
-            self._id_queue.append(_IdSend(token, conversation, request))
+            self._id_queue.append(_QueuedSend(token, conversation, request))
+        elif self._held or self._carrying(request.lane):
+            self._held.append(_QueuedSend(token, conversation, request))
         else:
             self._seal(token, request, list(request.bodies), (), now)
+
+    def _carrying(self, lane: int) -> bool:
+        """Messages of an abandoned epoch still wait to be re-sealed in ``lane``: what
+        is sent now must come after them."""
+        return any(c.lane == lane for c in self._carry)
+
+    def _release_held(self, now: float) -> None:
+        """Seal the sends that waited for their lane's carry-over, in arrival order."""
+        while self._held and not self._carrying(self._held[0].request.lane):
+            held = self._held.popleft()
+            refusal = self._refused.get(held.conversation)
+            if refusal is not None:
+                self._refuse(held.token, held.conversation, refusal)
+            else:
+                self._seal(held.token, held.request, list(held.request.bodies), (), now)
 
     def _admit(self, request: SendRequest) -> Refused | None:
         max_message = self.settings.link.max_message
@@ -373,7 +402,7 @@ class Endpoint:
         if max(map(len, request.bodies)) > max_message:
             return Refused(UsageError, f"message over max_message ({max_message} bytes)")
         backlog = sum(s.last_seq for s in self._sealers) - sum(
-            s.acked_upto for s in self.link.outgoing)
+            s.acked_upto for s in self.link.outgoing) + sum(c.head - c.after for c in self._carry)
         if backlog + len(request.bodies) > self.settings.max_backlog:
             return Refused(BacklogFullError, (
                 f"backlog of {backlog} unacknowledged messages is full "
@@ -398,9 +427,11 @@ class Endpoint:
         return ids
 
     def _next_id_send(self) -> None:
-        """Start the next idempotent send once no earlier one can still be uncommitted."""
+        """Start the next idempotent send once no earlier one can still be uncommitted,
+        and no carry-over is under way (its ids are stored under their old seqs until
+        the re-sealed messages are committed, and a new id must come after them)."""
         if self._id_lookup is not None or not self._id_queue or self._batch.has_ids \
-                or (self._committing is not None and self._committing.has_ids):
+                or (self._committing is not None and self._committing.has_ids) or self._carry:
             return
         self._id_lookup = self._id_queue.popleft()
         self._out.jobs.append(LookupSendIds(self._id_lookup.request.send_ids))
@@ -413,6 +444,9 @@ class Endpoint:
         refusal = self._refused.get(pending.conversation)
         if refusal is not None:
             self._refuse(pending.token, pending.conversation, refusal)
+            return
+        if self._carry:  # a fork came while the store looked: look again once carried
+            self._id_queue.appendleft(pending)
             return
         new = [(b, i) for b, i in zip(request.bodies, request.send_ids, strict=True)
                if i not in found]
@@ -435,9 +469,13 @@ class Endpoint:
         done, self._committing = self._committing, None
         if done is None:
             raise LocalProtocolError("a commit finished that was never started")
-        self.link.push(done.sent)
-        for record in done.sent:
+        # Records sealed in an epoch abandoned since (a fork while they were gathering
+        # or committing) are durable there, and carried over like the rest of it.
+        current = [r for r in done.sent if r.epoch == self.link.epoch]
+        self.link.push(current)
+        for record in current:
             self._durable[record.lane] = (record.seq, record.chain)
+        for record in done.sent:
             self.counters.sent[record.lane] += 1
         for token, ids in done.replies:
             self._reply(token, Stored(ids))
@@ -471,6 +509,17 @@ class Endpoint:
             if sealer.epoch == self.link.epoch:
                 sealer.rollback(*self._durable[lane])
         self.link.rollback_incoming()
+        # Re-sealed chunks of a carry-over were lost with the batch: carry them again,
+        # from where the oldest lost one began (a read still queued is stale now).
+        before = failed.carry_before if failed.carry_before is not None \
+            else gathering.carry_before
+        if before is not None:
+            self._carry = before
+            self._carry_read = None
+        while self._held:  # they wait for a carry-over that needs the disk
+            held = self._held.popleft()
+            self._refuse(held.token, held.conversation,
+                         Refused(StoreFailedError, f"not stored: {error}"))
 
     # --- link events --------------------------------------------------------------
 
@@ -542,7 +591,14 @@ class Endpoint:
         self.link.new_epoch(epoch, now)
         self._sealers = [self._sequencer(epoch, lane, 0, bytes(32)) for lane in LANES]
         self._durable = [(0, bytes(32)) for _ in LANES]
-        self._carry.extend(carry)
+        self._reads = {}  # the old epoch's window reads: their answers are stale now
+        # The epoch just left goes first: an earlier abandoned epoch still being carried
+        # over re-sealed its oldest messages in it (sends wait while a lane carries over).
+        self._carry[:0] = carry
+        self._carry_read = None
+        for batch in (self._batch, self._committing):
+            if batch is not None and batch.carry_before is not None:
+                batch.carry_before[:0] = carry
         self.operator.on_our_epoch(old)  # OPERATOR SEAM
         resent = ",".join(f"{lane_name(c.lane)}:{c.after + 1}..{c.head}" for c in carry)
         self._note(Notice("epoch", CRIT, {
@@ -564,30 +620,54 @@ class Endpoint:
     # --- backlog window and carry-over ---------------------------------------------
 
     def _want_reads(self) -> None:
+        """Ask the store for each lane's next backlog stretch, and for the next chunk of
+        the carry-over: one read of each kind at a time, none while a pause runs."""
+        if self._read_retry_at is not None:
+            return
         epoch = self.link.epoch
         for lane, stream in enumerate(self.link.outgoing):
-            if (epoch, lane) in self._reads:
+            if lane in self._reads:
                 continue
             wanted = stream.read_wanted()
             if wanted is not None:
-                self._reads.add((epoch, lane))
-                self._out.jobs.append(ReadOutgoing(epoch, lane, *wanted))
-        if self._carry and not self._carry_reading and not self._batch.store.outgoing:
+                self._reads[lane] = ReadOutgoing(epoch, lane, *wanted)
+                self._out.jobs.append(self._reads[lane])
+        # Not while records are gathering: some may be of the epoch being carried over
+        # (sealed before the fork); the read must come after their commit.
+        if self._carry and self._carry_read is None and not self._batch.store.outgoing:
             carry = self._carry[0]
-            self._carry_reading = True
-            self._out.jobs.append(ReadOutgoing(carry.epoch, carry.lane, carry.after,
-                                               _CARRY_CHUNK))
+            self._carry_read = ReadOutgoing(carry.epoch, carry.lane, carry.after,
+                                            _CARRY_CHUNK, carry=True)
+            self._out.jobs.append(self._carry_read)
 
     def _on_read(self, job: ReadOutgoing, records: list[OutRecord], now: float) -> None:
-        if job.epoch == self.link.epoch:
-            self._reads.discard((job.epoch, job.lane))
+        """A read answered. Only the reads still waited for count: any other is stale
+        (asked for an epoch abandoned since, or for carry-over chunks rolled back)."""
+        if job == self._carry_read:
+            self._carry_read = None
+            self._carry_chunk(records, now)
+        elif self._reads.get(job.lane) == job:
+            del self._reads[job.lane]
             self.link.on_read(job.lane, records)
+
+    def _on_read_failed(self, job: ReadOutgoing, now: float) -> None:
+        """A read failed (I/O error): ask again after ``_READ_RETRY`` (at every poll, a
+        lasting error would spin); a stale read is forgotten."""
+        if job == self._carry_read:
+            self._carry_read = None
+        elif self._reads.get(job.lane) == job:
+            del self._reads[job.lane]
+            self.link.on_read(job.lane, [])
+        else:
             return
-        self._carry_reading = False
-        carry = self._carry[0] if self._carry else None
-        if carry is None or (carry.epoch, carry.lane) != (job.epoch, job.lane):
-            return
-        records = [r for r in records if r.seq <= carry.head]
+        self._read_retry_at = now + _READ_RETRY
+
+    def _carry_chunk(self, records: list[OutRecord], now: float) -> None:
+        """Re-seal a chunk of ``_carry[0]`` (the read of it just answered) in our epoch."""
+        carry = self._carry[0]
+        records = [r for r in records if carry.after < r.seq <= carry.head]
+        if self._batch.carry_before is None:
+            self._batch.carry_before = list(self._carry)
         for record in records:
             env = decode_envelope_untrusted(record.raw, len(record.raw))
             request = SendRequest(env.type, (env.body,), env.lane)

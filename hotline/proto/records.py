@@ -160,7 +160,8 @@ class StoreBatch:
     def merge_unsent(self, failed: StoreBatch) -> None:
         """Take over what a failed commit must not lose: everything but the sealed and
         accepted messages, which the endpoint rolled back (they are sealed or resent
-        again)."""
+        again). ``carried`` is not taken over either: it marks re-sealed messages that
+        were rolled back too, and the endpoint carries them over again, with a new mark."""
         self.new_epoch = self.new_epoch or failed.new_epoch
         self.incoming[:0] = [r for r in failed.incoming if isinstance(r, Rejoin)]
         for ack in failed.acks.values():
@@ -204,12 +205,18 @@ class Committed:
 
 @dataclass(frozen=True, slots=True)
 class ReadOutgoing:
-    """Up to ``limit`` of our envelopes of ``epoch``/``lane`` with seq > ``after``."""
+    """Up to ``limit`` of our envelopes of ``epoch``/``lane`` with seq > ``after``.
+
+    ``carry``: a chunk of an abandoned epoch to re-seal in the current one, not the
+    next stretch of a lane's backlog window (the store reads both alike; the endpoint
+    matches an answer to the read it still waits for and ignores any other).
+    """
 
     epoch: bytes
     lane: int
     after: int
     limit: int
+    carry: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,8 @@ class Node:
     jobs: list[StoreJob] = field(default_factory=list)
     outbox: list[Outbound] = field(default_factory=list)  # packets not yet on the wire
     fail_commits: bool = False  # play a full disk: every commit raises
+    # play an I/O error on the jobs it picks (e.g. reads of one epoch); None: none fail
+    fail: Callable[[StoreJob], bool] | None = None
 
     def __post_init__(self) -> None:
         self._tokens = 0
@@ -140,6 +142,8 @@ class Node:
             try:
                 if self.fail_commits and isinstance(job, Commit):
                     raise HotlineError("database or disk is full")
+                if self.fail is not None and self.fail(job):
+                    raise HotlineError("disk I/O error")
                 result = self.store.execute(job)
             except HotlineError as err:
                 self.endpoint.store_failed(job, str(err), self.now)

@@ -118,6 +118,7 @@ class Sim:
         self.crashes = {"a": 0, "b": 0}
         self._waiting: dict[str, list[tuple[int, tuple[bytes, ...], int]]] = {"a": [], "b": []}
         self._backups: dict[str, list[tuple[Path, float]]] = {"a": [], "b": []}
+        self._backups_taken = 0
         self._full_until = {"a": 0.0, "b": 0.0}
         self.hostile_frames = 0
         self._stuck = 0
@@ -263,7 +264,8 @@ class Sim:
             self._lost_sender_store(side, since=-1.0)
             self.nodes[side].wipe(self.now)
         elif action == "backup":
-            backup = self.base / f"backup-{side}-{len(self._backups[side])}"
+            self._backups_taken += 1
+            backup = self.base / f"backup-{side}-{self._backups_taken}"
             self.nodes[side].copy_store(backup)
             self._backups[side].append((backup, self.now))
         elif action == "restore":
