@@ -99,6 +99,12 @@ def test_restored_sender_loses_nothing(seed: int) -> None:
     run_scenario(Scenario(seed=seed, sends=(15, 5), faults=Faults(loss=0.1), restores=(1, 0)))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_restored_sender_with_a_full_disk_loses_nothing(seed: int) -> None:
+    run_scenario(Scenario(seed=seed, sends=(15, 5), faults=Faults(loss=0.1), restores=(1, 0),
+                          disk_full=(2, 0)))
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_restored_receiver_does_not_stall(seed: int) -> None:
     run_scenario(Scenario(seed=seed, sends=(15, 5), faults=Faults(loss=0.1), restores=(0, 1)))

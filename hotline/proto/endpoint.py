@@ -197,6 +197,9 @@ class Endpoint:
         self._rng = rng
         self.settings = settings
         self.link = Link(our, their, paths, settings.link, resume, rng, now, wall_ns)
+        # The epoch we seal in. After a fork it is new at once; the Link (and so the
+        # peer) learns it only once it is committed (``_on_committed``).
+        self._epoch = resume.epoch
         self._sealers = [self._sequencer(resume.epoch, lane, o.head, o.head_chain)
                          for lane, o in zip(LANES, resume.out, strict=True)]
         self._durable = [(o.head, o.head_chain) for o in resume.out]
@@ -236,7 +239,7 @@ class Endpoint:
             self._on_send(request, token, conversation, now)
         elif isinstance(request, OperatorAckRequest | DrillRequest) or (
                 isinstance(request, WaitRequest) and request.operator):  # OPERATOR SEAM
-            self.operator.request(request, token, self.link.epoch, now)
+            self.operator.request(request, token, self._epoch, now)
         elif isinstance(request, WaitRequest):
             self._on_wait(request, token, now)
         elif isinstance(request, StatusRequest):
@@ -401,8 +404,9 @@ class Endpoint:
             return Refused(UsageError, "one send id per message, or none")
         if max(map(len, request.bodies)) > max_message:
             return Refused(UsageError, f"message over max_message ({max_message} bytes)")
-        backlog = sum(s.last_seq for s in self._sealers) - sum(
-            s.acked_upto for s in self.link.outgoing) + sum(c.head - c.after for c in self._carry)
+        acked = sum(s.acked_upto for s in self.link.outgoing if s.epoch == self._epoch)
+        carried = sum(c.head - c.after for c in self._carry)
+        backlog = sum(s.last_seq for s in self._sealers) - acked + carried
         if backlog + len(request.bodies) > self.settings.max_backlog:
             return Refused(BacklogFullError, (
                 f"backlog of {backlog} unacknowledged messages is full "
@@ -469,13 +473,15 @@ class Endpoint:
         done, self._committing = self._committing, None
         if done is None:
             raise LocalProtocolError("a commit finished that was never started")
+        if done.store.new_epoch is not None:  # durable now: the peer may learn it
+            self._reads = {}  # the old epoch's window reads: their answers are stale
+            self.link.new_epoch(done.store.new_epoch.epoch, now)
         # Records sealed in an epoch abandoned since (a fork while they were gathering
         # or committing) are durable there, and carried over like the rest of it.
-        current = [r for r in done.sent if r.epoch == self.link.epoch]
-        self.link.push(current)
-        for record in current:
-            self._durable[record.lane] = (record.seq, record.chain)
+        self.link.push([r for r in done.sent if r.epoch == self.link.epoch])
         for record in done.sent:
+            if record.epoch == self._epoch:
+                self._durable[record.lane] = (record.seq, record.chain)
             self.counters.sent[record.lane] += 1
         for token, ids in done.replies:
             self._reply(token, Stored(ids))
@@ -506,8 +512,7 @@ class Endpoint:
                 self._reply(token, Refused(StoreFailedError, f"not stored: {error}"))
             self._batch.store.merge_unsent(batch.store)
         for lane, sealer in enumerate(self._sealers):
-            if sealer.epoch == self.link.epoch:
-                sealer.rollback(*self._durable[lane])
+            sealer.rollback(*self._durable[lane])
         self.link.rollback_incoming()
         # Re-sealed chunks of a carry-over were lost with the batch: carry them again,
         # from where the oldest lost one began (a read still queued is stale now).
@@ -527,7 +532,7 @@ class Endpoint:
         if isinstance(event, Delivered):
             self._on_delivered(event)
             self._batch.store.operator_acks.extend(  # OPERATOR SEAM
-                self.operator.on_delivered(event.messages, self.link.epoch))
+                self.operator.on_delivered(event.messages, self._epoch))
         elif isinstance(event, Acked):
             self._batch.store.ack(_ack_record(event))
             self._acked(event.epoch, event.lane, event.upto)
@@ -577,10 +582,14 @@ class Endpoint:
         self.operator.on_peer_epoch(event.epoch)  # OPERATOR SEAM
 
     def _on_fork(self, event: Forked, now: float) -> None:
-        """Our store went back in time: start a new epoch, re-send our backlog in it."""
-        old = self.link.epoch
+        """Our store went back in time: start a new epoch, re-send our backlog in it.
+
+        We seal in the new epoch at once; the Link announces it only after the commit
+        of ``NewOutEpoch`` (a crash before that brings us back in the old epoch, which
+        the peer must not have left)."""
+        old = self._epoch
         if event.epoch != old:
-            return  # a second lane of the epoch we already left
+            return  # another lane of the epoch we already left
         epoch = bytes(self._rng(EPOCH_LEN))
         carry = [Carry(old, lane, self.link.outgoing[lane].acked_upto, sealer.last_seq)
                  for lane, sealer in enumerate(self._sealers)
@@ -588,10 +597,9 @@ class Endpoint:
         reason = (f"{lane_name(event.lane)}: {event.fork.reason} (our store went back in "
                   "time: restored from an older copy?)")
         self._batch.store.new_epoch = NewOutEpoch(epoch, reason)
-        self.link.new_epoch(epoch, now)
+        self._epoch = epoch
         self._sealers = [self._sequencer(epoch, lane, 0, bytes(32)) for lane in LANES]
         self._durable = [(0, bytes(32)) for _ in LANES]
-        self._reads = {}  # the old epoch's window reads: their answers are stale now
         # The epoch just left goes first: an earlier abandoned epoch still being carried
         # over re-sealed its oldest messages in it (sends wait while a lane carries over).
         self._carry[:0] = carry
@@ -626,7 +634,7 @@ class Endpoint:
             return
         epoch = self.link.epoch
         for lane, stream in enumerate(self.link.outgoing):
-            if lane in self._reads:
+            if lane in self._reads or epoch != self._epoch:  # no reads for a left epoch
                 continue
             wanted = stream.read_wanted()
             if wanted is not None:
@@ -687,7 +695,7 @@ class Endpoint:
             self._reply(token, Refused(UsageError, "no such wait"))
             return
         timeout = MAX_WAIT if request.timeout is None else min(request.timeout, MAX_WAIT)
-        waiter = _Waiter(token, self.link.epoch, request.lane, request.upto, now + timeout)
+        waiter = _Waiter(token, self._epoch, request.lane, request.upto, now + timeout)
         if not self._satisfied(waiter):
             self._waiters.append(waiter)
 
@@ -721,7 +729,7 @@ class Endpoint:
         for order in out.orders:
             sealed = [self._seal(None, SendRequest(s.type, (s.body,), s.lane), [s.body], (),
                                  now)[0] for s in order.seals]
-            records, ids = order.complete(self.link.epoch, sealed)
+            records, ids = order.complete(self._epoch, sealed)
             self._batch.store.operator_acks.extend(records)
             if order.token is not None:
                 self._batch.replies.append((order.token, ids))

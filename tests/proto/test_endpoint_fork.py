@@ -49,7 +49,7 @@ def claim_more_than_we_hold(pair: NodePair) -> bytes:
     frame = Ack(epoch, ROUTINE, head + 1, bytes(32), (), 1024)
     a.receive(0, b.endpoint.link.sessions.seal(b"\x00" + encode_frame(frame)))
     a.poll()
-    assert a.endpoint.link.epoch != epoch
+    assert any(n.kind == "epoch" and n.fields.get("old") == epoch.hex() for n in a.notices)
     return epoch
 
 
@@ -349,3 +349,25 @@ def test_a_second_fork_mid_carry_keeps_the_order(pair: NodePair, restart: bool) 
         a.crash(pair.now)
     deliver(pair)
     assert inbox(pair.b, a.endpoint.link.epoch) == bodies
+
+
+# --- the new epoch is announced only once it is durable ----------------------------------
+
+
+def test_the_new_epoch_is_announced_only_once_durable(pair: NodePair) -> None:
+    """The peer must not learn our new epoch before it is committed: a crash before that
+    commit brings us back in the old epoch, which the peer would never re-enter."""
+    a, b = pair.a, pair.b
+    send(a, b"one")
+    pair.run(1.0)
+    pair.cut.update({0, 1})
+    send(a, b"two")
+    claim_more_than_we_hold(pair)
+    assert any(isinstance(j, Commit) and j.batch.new_epoch for j in a.jobs)  # not run yet
+    for packet in a.take_packets():  # what left before the commit reaches the peer
+        b.receive(packet.path_id, packet.packet)
+    b.turn()
+    a.crash(pair.now)  # the commit of the new epoch never happened
+    deliver(pair)
+    assert [decode_envelope_untrusted(e.raw, len(e.raw)).body
+            for e in b.store.inbox_after(0, 100)] == [b"one", b"two"]
