@@ -22,6 +22,10 @@ a ratio to the floor measured in the same run:
   millisecond) a FLASH is sent with ``wait``. Its send→ack, timed by the client,
   bounds "stored by the peer" from above; minus one idle RTT it estimates it. The
   routine lane's drain rate from link-up to the end of the trial is reported beside it;
+* **FLASH behind a routine backlog, delayed** (issue 10): the same trials on a pair whose
+  two paths go through the fault proxy with ``--delay`` ms added each way (no rate
+  limit); the send→ack (which bounds "stored by the peer" from above) against the
+  heartbeat RTT + 50 ms;
 * **failover**: TCP black-holed (no RST) with a message in flight: seconds until it is
   acknowledged over UDP, and until ``status`` shows UDP active;
 * **WAN profile** (issue 12): another pair whose UDP path goes through the fault proxy
@@ -70,8 +74,8 @@ class Options:
 
     messages: int = 20_000  # through send --lines --wait
     backlog: int = 100_000  # routine backlog behind each FLASH trial
-    trials: int = 5  # FLASH trials (issue 10 asks for 20)
-    delay_ms: float = 100.0  # WAN: one-way delay added in each direction
+    trials: int = 20  # FLASH trials, on loopback and again with --delay (issue 10: 20)
+    delay_ms: float = 100.0  # delayed FLASH and WAN: one-way delay added each way
     rate_mbit: float = 1.0  # WAN: bottleneck rate in each direction
     queue: int = 50  # WAN: bottleneck queue in packets
     wan_backlog: int = 5_000  # WAN: routine messages the FLASH is sent behind
@@ -463,6 +467,26 @@ def measure_failover(root: Path, settle_s: float) -> dict[str, float]:
         pair.close()
 
 
+def measure_delayed_flash(root: Path, opts: Options) -> dict[str, Any]:
+    """The FLASH trials again with ``--delay`` ms added each way on both paths (issue 10:
+    stored by the peer within one RTT + 50 ms)."""
+    pair = ProxiedPair(root, settings={"max_backlog": opts.backlog + 10_000})
+    for scheme in ("tcp", "udp"):
+        pair.set_faults(scheme, delay=opts.delay_ms / 1e3)
+    pair.start_all()
+    try:
+        pair.wait_up(timeout=60)
+        time.sleep(opts.settle_s)
+        rtt_ms = float(next(p["rtt_ms"] for p in _paths(pair.status(0))
+                            if p["url"].startswith("tcp")))
+        flash = measure_flash(pair, opts, rtt_ms)
+    finally:
+        pair.close()
+    bound_ms = rtt_ms + 50.0
+    return {**flash, "delay_ms": opts.delay_ms, "rtt_ms": rtt_ms, "bound_ms": bound_ms,
+            "ack_ms_p99_to_bound": flash["ack_ms_p99"] / bound_ms}
+
+
 def measure_thin_circuit(root: Path, opts: Options) -> dict[str, Any]:
     """The WAN profile: a pair whose UDP path is the thin circuit from the start (as a
     real backup circuit is), TCP black-holed once the link is up, then measure_wan."""
@@ -514,6 +538,8 @@ def run_bench(opts: Options) -> dict[str, Any]:
         result["pair"] = measure_pair(Path(tmp), opts)
     with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:
         result["failover"] = measure_failover(Path(tmp), opts.settle_s)
+    with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:
+        result["delayed_flash"] = measure_delayed_flash(Path(tmp), opts)
     with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:
         result["wan"] = measure_thin_circuit(Path(tmp), opts)
     result["ratios"] = _ratios(result)
@@ -578,10 +604,16 @@ def _render_pair(r: dict[str, Any]) -> list[str]:
 
 
 def _render_proxied(r: dict[str, Any]) -> list[str]:
-    f, w = r["failover"], r["wan"]
+    f, d, w = r["failover"], r["delayed_flash"], r["wan"]
     return [
         f"failover (TCP black hole, dead_after 3 s): in-flight message acked after "
         f"{f['ack_s']:.2f} s; UDP active after {f['udp_active_s']:.2f} s",
+        f"FLASH behind {d['backlog']:,} queued routine messages with {d['delay_ms']:g} ms "
+        f"added each way on both paths (heartbeat RTT {d['rtt_ms']:.0f} ms; {d['trials']} "
+        f"trials): send→ack p50 {d['ack_ms_p50']:.0f} ms, p99 {d['ack_ms_p99']:.0f} ms vs "
+        f"RTT + 50 ms = {d['bound_ms']:.0f} ms ({d['ack_ms_p99_to_bound']:.2f} x; send→ack "
+        f"bounds 'stored by the peer' from above); routine lane drained meanwhile at "
+        f"{d['routine_drain_msgs_per_s']:,.0f} msgs/s",
         f"WAN profile, UDP through the fault proxy: {w['rate_mbit']:g} Mbit/s, "
         f"{w['delay_ms']:g} ms each way, {w['queue']}-packet queue; TCP black-holed "
         f"(failover after {w['failover_s']:.2f} s); {w['messages']:,} routine messages "

@@ -196,9 +196,11 @@ def _bench(p: argparse.ArgumentParser) -> None:
                    help="lines through `send --lines --wait` (default 20000)")
     p.add_argument("--backlog", type=int, metavar="N",
                    help="routine backlog behind each FLASH trial (default 100000)")
-    p.add_argument("--trials", type=int, metavar="N", help="FLASH trials (default 5)")
+    p.add_argument("--trials", type=int, metavar="N",
+                   help="FLASH trials, on loopback and again delayed (default 20)")
     p.add_argument("--delay", type=float, metavar="MS", dest="delay_ms",
-                   help="WAN profile: one-way delay added each way (default 100)")
+                   help="delayed FLASH and WAN profile: one-way delay added each way "
+                   "(default 100)")
     p.add_argument("--rate", type=float, metavar="MBIT", dest="rate_mbit",
                    help="WAN profile: bottleneck rate each way, Mbit/s (default 1)")
     p.add_argument("--queue", type=int, metavar="N",

@@ -4,9 +4,14 @@ Everything that happens to the daemon — a packet or a path change from a trans
 client's request, a finished store job — arrives on ONE memory channel (``calls.py``).
 Each loop turn the runner takes the first item (or wakes at the endpoint's deadline),
 drains whatever else is already queued with ``receive_nowait``, feeds it all to the
-endpoint, then carries out ``Endpoint.poll``: packets to the transports, jobs to the
-store worker, answers to the waiting clients, notices to the log. So work is batched
+endpoint, then carries out ``Endpoint.poll``: packets to the transports, answers to
+the waiting clients, notices to the log, jobs to the store worker. So work is batched
 per event-loop turn and there is no task per message.
+
+The idle fast path: when the store's thread has nothing to do, the turn's store jobs
+are held, the runner yields once (so the packets and answers just handed over leave
+first: a waiting client is never kept behind this turn's new commits), then runs the
+jobs right here and pumps again, without a thread hand-off.
 
 Nothing a peer or a client sends can end the daemon: an unexpected exception raised
 while handling one input is contained — logged with its traceback at debug and
@@ -36,6 +41,7 @@ from hotline.daemon.supervision import Supervision, metrics_snapshot
 from hotline.proto.endpoint import Endpoint, Outputs
 from hotline.proto.guard import Source, source_of
 from hotline.proto.link import Received
+from hotline.proto.records import StoreJob
 from hotline.transport.events import PacketIn, PathConnected, PathDisconnected, PathTransport
 
 RunnerInput = PacketIn | PathConnected | PathDisconnected | ClientCall | ConversationClosed \
@@ -43,7 +49,8 @@ RunnerInput = PacketIn | PathConnected | PathDisconnected | ClientCall | Convers
 # Backstop: wake at least this far ahead, so that a deadline the endpoint failed to move
 # on (a bug) costs a little latency instead of a core spinning at 100%.
 _MIN_SLEEP = 0.0005
-# Polls per turn when store jobs run inline (each result may make the next job).
+# Rounds of held store jobs per turn (each result may make the next job); the rest go
+# to the store's thread.
 _INLINE_ROUNDS = 4
 
 
@@ -74,6 +81,7 @@ class Runner:
         self._wall_ns = wall_ns
         self._idle = trio.Event()
         self._answering: dict[Source, PacketIn] = {}  # this turn's answered requesters
+        self._held: list[StoreJob] = []  # this turn's jobs for the idle fast path
         self._wedged = False
         self.heartbeat_alive_at = 0.0
 
@@ -107,9 +115,21 @@ class Runner:
             if self._wedged:
                 await trio.sleep_forever()
             self.turn(items)
+            for _ in range(_INLINE_ROUNDS):
+                if not self._held:
+                    break
+                # What this turn handed over leaves first: trio may run a batch's tasks
+                # in either order, so yield twice to be behind the tasks woken now.
+                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
+                self.run_held()
+            for job in self._held:  # still more: the store's thread takes them
+                self._store.submit(job)
+            self._held = []
 
     def turn(self, items: Sequence[RunnerInput]) -> None:
-        """One loop turn: feed every input, then carry out what the endpoint wants."""
+        """One loop turn: feed every input, then carry out what the endpoint wants
+        (store jobs for the idle fast path are left in ``_held``)."""
         now = trio.current_time()
         self.endpoint.set_wall_clock(now, self._wall_ns())
         for item in items:
@@ -117,14 +137,30 @@ class Runner:
                 self._feed(item, now)
             except Exception as err:  # contained: one input must not end the daemon
                 self._contain(type(item).__name__, err)
-        for _ in range(_INLINE_ROUNDS):
-            try:
-                out = self.endpoint.poll(now)
-            except Exception as err:
-                self._contain("poll", err)
-                out = Outputs()
-            if not self._act(out, now):
-                break
+        self._pump(now)
+
+    def run_held(self) -> None:
+        """Run the held store jobs here (or on the store's thread if it got work
+        meanwhile, after that work), feed their results, pump again."""
+        now = trio.current_time()
+        held, self._held = self._held, []
+        for job in held:
+            if self._store.idle:
+                try:
+                    self._feed(self._store.run_inline(job), now)
+                except Exception as err:
+                    self._contain("StoreDone", err)
+            else:
+                self._store.submit(job)
+        self._pump(now)
+
+    def _pump(self, now: float) -> None:
+        try:
+            out = self.endpoint.poll(now)
+        except Exception as err:
+            self._contain("poll", err)
+            out = Outputs()
+        self._act(out, now)
         self.heartbeat_alive_at = now
         if self.endpoint.idle:
             self._idle.set()
@@ -152,8 +188,9 @@ class Runner:
         else:
             endpoint.store_failed(item.job, item.error, now)
 
-    def _act(self, out: Outputs, now: float) -> bool:
-        """Carry out ``out``; True if a store job ran inline (poll again this turn)."""
+    def _act(self, out: Outputs, now: float) -> None:
+        """Carry out ``out``: packets, answers, then store jobs (held if the store's
+        thread is idle, else submitted to it)."""
         for packet in out.packets:
             transport = self._transports.get(packet.path_id)
             if transport is None:
@@ -169,17 +206,14 @@ class Runner:
             transport = self._transports.get(path_id)
             if transport is not None:
                 transport.reset()
-        inline = False
-        for job in out.jobs:
-            if self._store.idle:  # the idle fast path: no thread hand-off
-                result = self._store.run_inline(job)
-                self._feed(result, now)
-                inline = True
-            else:
-                self._store.submit(job)
         for token, outcome in out.replies:
             if isinstance(token, Reply):
                 token.set(outcome)
+        for job in out.jobs:
+            if self._held or self._store.idle:  # behind the held ones, in order
+                self._held.append(job)
+            else:
+                self._store.submit(job)
         for notice in out.notices:
             self._logger.emit(notice.kind, notice.priority, notice.fields, notice.json)
         if out.status_line is not None:
@@ -188,7 +222,6 @@ class Runner:
             self._inbox_changed()
         self._supervision.after_turn(
             now, out.alerts, lambda: metrics_snapshot(self.endpoint, now, self._started))
-        return inline
 
     def _contain(self, what: str, err: Exception) -> None:
         detail = "".join(traceback.format_exception(err)).strip()

@@ -109,6 +109,10 @@ MAX_WAIT = 3600.0  # the longest a client may wait for an acknowledgement
 _CARRY_CHUNK = 256
 _READ_RETRY = 1.0  # seconds: after a failed read, no read before this pause
 _REFUSED_MEMORY = 1024
+# The snapshot behind the heartbeat line and STATUS= costs more than a message: taken on
+# a change of the link's shape (a narrated event), when the heartbeat is due, and for
+# STATUS='s counts at most this often (seconds).
+_STATUS_EVERY = 0.5
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,8 @@ class Endpoint:
         self._read_retry_at: float | None = None
         self._out = Outputs()
         self._status_line = ""
+        self._status_due = now  # when STATUS='s counts are refreshed next
+        self._shape_changed = True  # a narrated event since the last snapshot
         # OPERATOR SEAM: operator acknowledgement and drills (proto/operator.py).
         self.operator = OperatorDesk(settings.operator, settings.peer_name, now,
                                      self.link.wall_ns)
@@ -332,7 +338,7 @@ class Endpoint:
         """The next instant ``poll`` must run even if nothing arrives."""
         deadlines = [self.link.get_timer(), self.narrator.next_heartbeat,
                      self.alert_policy.get_timer(), self.operator.get_timer(),  # OPERATOR SEAM
-                     self._read_retry_at]
+                     self._read_retry_at, self._status_due]
         deadlines.extend(w.deadline for w in self._waiters)
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -556,6 +562,7 @@ class Endpoint:
                     gap.epoch, gap.lane, gap.last + 1, "the sender no longer holds these"))
             elif isinstance(event, Forked):
                 self._on_fork(event, now)
+            self._shape_changed = True
             self._watch(event, now)
             self._note(self.narrator.narrate(event, now))
 
@@ -766,6 +773,12 @@ class Endpoint:
             self._out.notices.append(notice)
 
     def _heartbeat(self, now: float) -> None:
+        """The heartbeat line when due and systemd's STATUS= line (``_STATUS_EVERY``)."""
+        if not self._shape_changed and now < min(self.narrator.next_heartbeat,
+                                                 self._status_due):
+            return
+        self._shape_changed = False
+        self._status_due = now + _STATUS_EVERY
         snap = self.status(now)
         if self.narrator.heartbeat_due(snap, now):
             self._note(heartbeat_notice(snap))

@@ -464,6 +464,10 @@ class Link:
         make every unacked message due."""
         self._send_frame(self._hello(), self._data_paths(fallback=fallback), urgent=True)
         self._hello_due_at = now + self.settings.heartbeat
+        # A new session: what was in flight in the last one is gone (the peer may have
+        # restarted); it must not fill a window the resends need (RFC 9002 §9.4).
+        for path_id, recovery in self._recovery.items():
+            recovery.reset(now, self.paths[path_id].rtt.srtt)
         for stream in self.outgoing:
             stream.on_path_change(now)
 
@@ -604,16 +608,20 @@ class Link:
             for seq, data in frames:
                 self._send_frame(data, paths, urgent, data_key(lane, seq))
             return len(frames)
+        free = [p for p in paths if p not in cc]  # no window to respect
         sent = 0
         while (urgent or sent < budget) and (size := stream.next_frame_size()) is not None:
-            if any(self._cc_budget[p] < size + _DATA_OVERHEAD
-                   and not (self._recovery[p].idle and sent == 0) for p in cc):
-                break  # the window or the pacer of a congestion-controlled path is full
-                # (an idle path always takes one message: it may be larger than a window)
-            for p in cc:
+            # A path whose window or pacer is full is skipped, never waited for while
+            # another can take the message (a FLASH goes on every up path); an idle
+            # path always takes one message (it may be larger than a window).
+            room = [p for p in cc if self._cc_budget[p] >= size + _DATA_OVERHEAD
+                    or (self._recovery[p].idle and sent == 0)]
+            if not free and not room:
+                break
+            for p in room:
                 self._cc_budget[p] -= size + _DATA_OVERHEAD
             [(seq, data)] = stream.numbered_frames_to_send(now, 1)
-            self._send_frame(data, paths, urgent, data_key(lane, seq))
+            self._send_frame(data, free + room, urgent, data_key(lane, seq))
             sent += 1
         return sent
 

@@ -19,6 +19,8 @@ FIGURES = {
                "throughput_to_verify_floor", "idle_ack_floor_ms", "idle_ack_p50_to_floor",
                "send_to_python", "status_to_python"),
     "failover": ("ack_s", "udp_active_s"),
+    "delayed_flash": ("trials", "backlog", "ack_ms_p50", "ack_ms_p99", "rtt_ms", "bound_ms",
+                      "ack_ms_p99_to_bound", "routine_drain_msgs_per_s"),
     "wan": ("failover_s", "seconds", "goodput_fraction", "wire_fraction", "retransmitted",
             "retransmitted_fraction", "queue_dropped", "flash_behind", "flash_ack_ms",
             "flash_bound_ms", "flash_ratio_to_bound"),
@@ -51,11 +53,13 @@ def test_quick_bench_reports_every_figure() -> None:
             assert is_figure(report["pair"][section][name]), (section, name)
     assert all(is_figure(ms) for ms in report["pair"]["flash"]["ack_ms"])
     assert report["pair"]["flash"]["trials"] == len(report["pair"]["flash"]["ack_ms"]) == 1
+    assert report["delayed_flash"]["delay_ms"] == report["options"]["delay_ms"]
     assert report["wan"]["messages"] == report["options"]["wan_backlog"]
     assert len(report["machine"]["load_avg"]) == 3
     text = render(report)
     for label in ("verify floor", "send --lines --wait", "idle durable send→ack",
-                  "CLI start-up", "FLASH behind", "failover", "WAN profile", "goodput"):
+                  "CLI start-up", "FLASH behind", "added each way", "failover", "WAN profile",
+                  "goodput"):
         assert label in text
 
 
