@@ -87,13 +87,18 @@ class Options:
     startup_runs: int = 5
     drain_window_s: float = 1.5  # FLASH trial: link-up to the end of the drain sample
     settle_s: float = 2.5  # a fresh link's heartbeats before measuring (RTT estimates)
+    # The daemons' link timing: None keeps the defaults (heartbeat 1 s, dead_after 3 s);
+    # --quick shortens it, since every FLASH trial and failover waits for dead_after.
+    heartbeat_s: float | None = None
+    dead_after_s: float | None = None
 
     @classmethod
     def quick(cls, **given: Any) -> Options:
         """A short smoke run (seconds, not minutes); figures are rough."""
         small = cls(messages=1_000, backlog=2_000, trials=1, wan_backlog=300,
                     wan_flash_after_s=0.3, micro_s=0.05, fsync_commits=20, warmup=3,
-                    samples=20, startup_runs=1, drain_window_s=0.3, settle_s=0.5)
+                    samples=20, startup_runs=1, drain_window_s=0.3, settle_s=0.5,
+                    heartbeat_s=0.3, dead_after_s=1.0)
         return small.with_given(**given)
 
     def with_given(self, **given: Any) -> Options:
@@ -111,6 +116,12 @@ class Options:
 
 
 # --- small helpers ------------------------------------------------------------------
+
+
+def _settings(opts: Options, **more: Any) -> dict[str, Any]:
+    """The daemons' settings for a bench pair: ``more`` and the link timing if set."""
+    timing = {"heartbeat": opts.heartbeat_s, "dead_after": opts.dead_after_s}
+    return {**{k: v for k, v in timing.items() if v is not None}, **more}
 
 
 def _rate(fn: Callable[[], object], seconds: float) -> float:
@@ -344,8 +355,8 @@ def measure_flash(pair: LoopbackPair, opts: Options, idle_rtt_ms: float) -> dict
 
 def measure_pair(root: Path, opts: Options) -> dict[str, Any]:
     """The loopback pair: fsync floor, link-up, idle ack, throughput, start-up, FLASH."""
-    settings = {"max_backlog": opts.backlog + opts.messages + 10_000}
-    pair = LoopbackPair(root, settings=settings)
+    pair = LoopbackPair(root, settings=_settings(
+        opts, max_backlog=opts.backlog + opts.messages + 10_000))
     out: dict[str, Any] = {"fsync": measure_fsync(pair[0].state_dir, opts.fsync_commits)}
     pair.start_all()
     try:
@@ -447,13 +458,13 @@ def _udp_active(pair: ProxiedPair) -> bool:
     return bool(status and str(status.get("active", "")).startswith("udp"))
 
 
-def measure_failover(root: Path, settle_s: float) -> dict[str, float]:
+def measure_failover(root: Path, opts: Options) -> dict[str, float]:
     """Seconds from a TCP black hole to the in-flight message's ack and to UDP active."""
-    pair = ProxiedPair(root)
+    pair = ProxiedPair(root, settings=_settings(opts))
     pair.start_all()
     try:
         pair.wait_up(timeout=30)
-        time.sleep(settle_s)
+        time.sleep(opts.settle_s)
         pair.set_faults("tcp", blackhole=True)
         cut = time.monotonic()
         with connect(pair[0].control, timeout=60) as client:
@@ -470,7 +481,7 @@ def measure_failover(root: Path, settle_s: float) -> dict[str, float]:
 def measure_delayed_flash(root: Path, opts: Options) -> dict[str, Any]:
     """The FLASH trials again with ``--delay`` ms added each way on both paths (issue 10:
     stored by the peer within one RTT + 50 ms)."""
-    pair = ProxiedPair(root, settings={"max_backlog": opts.backlog + 10_000})
+    pair = ProxiedPair(root, settings=_settings(opts, max_backlog=opts.backlog + 10_000))
     for scheme in ("tcp", "udp"):
         pair.set_faults(scheme, delay=opts.delay_ms / 1e3)
     pair.start_all()
@@ -490,7 +501,7 @@ def measure_delayed_flash(root: Path, opts: Options) -> dict[str, Any]:
 def measure_thin_circuit(root: Path, opts: Options) -> dict[str, Any]:
     """The WAN profile: a pair whose UDP path is the thin circuit from the start (as a
     real backup circuit is), TCP black-holed once the link is up, then measure_wan."""
-    pair = ProxiedPair(root, settings={"max_backlog": opts.wan_backlog + 10_000})
+    pair = ProxiedPair(root, settings=_settings(opts, max_backlog=opts.wan_backlog + 10_000))
     pair.set_faults("udp", rate=opts.rate_mbit * 1e6, queue=opts.queue,
                     delay=opts.delay_ms / 1e3)
     pair.start_all()
@@ -537,7 +548,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:
         result["pair"] = measure_pair(Path(tmp), opts)
     with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:
-        result["failover"] = measure_failover(Path(tmp), opts.settle_s)
+        result["failover"] = measure_failover(Path(tmp), opts)
     with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:
         result["delayed_flash"] = measure_delayed_flash(Path(tmp), opts)
     with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:
@@ -606,7 +617,8 @@ def _render_pair(r: dict[str, Any]) -> list[str]:
 def _render_proxied(r: dict[str, Any]) -> list[str]:
     f, d, w = r["failover"], r["delayed_flash"], r["wan"]
     return [
-        f"failover (TCP black hole, dead_after 3 s): in-flight message acked after "
+        f"failover (TCP black hole, dead_after {r['options']['dead_after_s'] or 3:g} s): "
+        f"in-flight message acked after "
         f"{f['ack_s']:.2f} s; UDP active after {f['udp_active_s']:.2f} s",
         f"FLASH behind {d['backlog']:,} queued routine messages with {d['delay_ms']:g} ms "
         f"added each way on both paths (heartbeat RTT {d['rtt_ms']:.0f} ms; {d['trials']} "
