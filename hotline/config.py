@@ -18,7 +18,8 @@ with ``tomllib`` into a frozen ``Config``:
 * Supervision (DESIGN §10): ``metrics = "HOST:PORT"`` (off when absent; port 0 picks a
   free port, for tests); ``alert_command`` an argv list whose first element is an
   absolute path (no shell, no $PATH search; ``[]`` = none); ``alert_every`` (300),
-  ``alert_after`` (30), ``drill_deadline`` (600) seconds above 0; ``drill_every``
+  ``alert_after`` (30), ``alert_timeout`` (10: then the command is killed),
+  ``drill_deadline`` (600) seconds above 0; ``drill_every``
   (43200) seconds, 0 = off; ``drill_operator`` (false).
 * Relative paths (``key``, ``state_dir``, ``control``, a ``peer.key`` file) are
   relative to the config file's directory.
@@ -69,7 +70,7 @@ _TOP_KEYS = {
     "log_every", "rekey_after", "max_message", "receipt_every", "max_backlog", "peer",
     # DESIGN §9 and §10: operator acknowledgement and supervision
     "operator_ack", "operator_deadline", "metrics", "alert_command", "alert_every",
-    "alert_after", "drill_every", "drill_operator", "drill_deadline",
+    "alert_after", "alert_timeout", "drill_every", "drill_operator", "drill_deadline",
     "psk_file",
 }
 DEFAULT_OPERATOR_DEADLINE: Mapping[str, float] = {"flash": 600.0, "immediate": 1800.0}
@@ -115,6 +116,7 @@ class Config:
     alert_command: tuple[str, ...] = ()  # argv, no shell; () = journal lines only
     alert_every: float = 300.0
     alert_after: float = 30.0
+    alert_timeout: float = 10.0  # seconds an alert command may run before it is killed
     drill_every: float = 43200.0  # 0 = no scheduled drills
     drill_operator: bool = False
     drill_deadline: float = 600.0
@@ -280,6 +282,7 @@ class _Loader:
             operator_deadline=self.operator_deadline(operator_ack), metrics=self.metrics(),
             alert_command=self.alert_command(), alert_every=self.seconds("alert_every", 300.0),
             alert_after=self.seconds("alert_after", 30.0),
+            alert_timeout=self.seconds("alert_timeout", 10.0),
             drill_every=self.seconds("drill_every", 43200.0, zero_is_off=True),
             drill_operator=self.boolean("drill_operator", False),
             drill_deadline=self.seconds("drill_deadline", 600.0),

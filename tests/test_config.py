@@ -108,7 +108,7 @@ def test_supervision_defaults(site: Path) -> None:
     assert c.operator_ack == ("flash", "immediate")
     assert c.operator_deadline == {"flash": 600.0, "immediate": 1800.0}
     assert (c.metrics, c.alert_command) == (None, ())
-    assert (c.alert_every, c.alert_after) == (300.0, 30.0)
+    assert (c.alert_every, c.alert_after, c.alert_timeout) == (300.0, 30.0, 10.0)
     assert (c.drill_every, c.drill_operator, c.drill_deadline) == (43200.0, False, 600.0)
 
 
@@ -118,6 +118,7 @@ metrics = "[::1]:9411"
 alert_command = ["/usr/local/bin/page-duty", "--line", "x y"]
 alert_every = 60
 alert_after = 0.5
+alert_timeout = 2.5
 drill_every = 0
 drill_operator = true
 drill_deadline = 30
@@ -127,7 +128,7 @@ operator_deadline = { routine = 86400, flash = 120.5 }
     c = load_config(site / "link.toml", environ={})
     assert c.metrics == ("::1", 9411)
     assert c.alert_command == ("/usr/local/bin/page-duty", "--line", "x y")
-    assert (c.alert_every, c.alert_after) == (60.0, 0.5)
+    assert (c.alert_every, c.alert_after, c.alert_timeout) == (60.0, 0.5, 2.5)
     assert (c.drill_every, c.drill_operator, c.drill_deadline) == (0.0, True, 30.0)
     assert c.operator_ack == ("flash", "routine")  # in precedence order
     assert c.operator_deadline == {"flash": 120.5, "routine": 86400.0}

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import trio
 
 from hotline.config import Config
-from hotline.daemon.alerts import DEFAULT_TIMEOUT, AlertRunner
+from hotline.daemon.alerts import AlertRunner
 from hotline.daemon.logs import Logger
 from hotline.daemon.metrics import (
     Metrics,
@@ -46,19 +46,17 @@ PUBLISH_EVERY = 0.25  # seconds between metrics snapshots on a busy loop
 class Supervision:
     """Alert runner and metrics for one link; see the module header."""
 
-    def __init__(self, config: Config, logger: Logger, now: float, *,
-                 alert_timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, config: Config, logger: Logger, now: float) -> None:
         """
         Args:
-            config: ``alert_command`` and ``metrics`` are used.
+            config: ``alert_command``, ``alert_timeout`` and ``metrics`` are used.
             logger: the daemon's logger (alert lines, command failures).
             now: the runner's clock at start-up.
-            alert_timeout: seconds before an alert command is killed.
         """
-        self.alerts = AlertRunner(config.alert_command, logger, timeout=alert_timeout)
+        self.alerts = AlertRunner(config.alert_command, logger, timeout=config.alert_timeout)
         self.metrics = Metrics()
         self._address = config.metrics
-        self._drain_timeout = alert_timeout + 1.0
+        self._drain_timeout = config.alert_timeout + 1.0
         self._next_publish = now
 
     def after_turn(self, now: float, alerts: Sequence[Alert],

@@ -127,15 +127,16 @@ def test_a_hanging_or_failing_alert_command_never_blocks_the_daemon(tmp_path: Pa
     hang = _recorder(tmp_path, "hang", "exec sleep 600")
     p = ProxiedPair(tmp_path / "pair", settings={"heartbeat": 0.5, "dead_after": 1.5},
                     node_settings={"washington": {
-                        "alert_command": [str(hang)], "alert_after": 1.0, "alert_every": 1}})
+                        "alert_command": [str(hang)], "alert_after": 1.0, "alert_every": 1,
+                        "alert_timeout": 2}})
     p.start_all()
     try:
         p.wait_up()
-        for _ in range(2):  # two outages: two alerts, each command hangs
+        for outage in range(1, 3):  # two outages: two alerts, each command hangs
             p.set_faults("tcp", blackhole=True)
             p.set_faults("udp", blackhole=True)
-            p.wait_for(lambda: any("link_down" in x for x in p[0].log_lines("alert")), 30,
-                       "link_down alert")
+            p.wait_for(lambda n=outage: sum("link_down" in x for x in p[0].log_lines("alert"))
+                       >= n, 30, f"link_down alert {outage}")
             p.set_faults("tcp", blackhole=False)
             p.set_faults("udp", blackhole=False)
             p.wait_up(timeout=30)
