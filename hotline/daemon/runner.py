@@ -82,6 +82,7 @@ class Runner:
         self._idle = trio.Event()
         self._answering: dict[Source, PacketIn] = {}  # this turn's answered requesters
         self._held: list[StoreJob] = []  # this turn's jobs for the idle fast path
+        self._handed_out = False  # this turn gave packets or answers to other tasks
         self._wedged = False
         self.heartbeat_alive_at = 0.0
 
@@ -118,10 +119,12 @@ class Runner:
             for _ in range(_INLINE_ROUNDS):
                 if not self._held:
                     break
-                # What this turn handed over leaves first: trio may run a batch's tasks
-                # in either order, so yield twice to be behind the tasks woken now.
-                await trio.lowlevel.checkpoint()
-                await trio.lowlevel.checkpoint()
+                if self._handed_out:
+                    # What this turn handed over leaves first: trio may run a batch's
+                    # tasks in either order, so yield twice to be behind those woken.
+                    await trio.lowlevel.checkpoint()
+                    await trio.lowlevel.checkpoint()
+                self._handed_out = False
                 self.run_held()
             for job in self._held:  # still more: the store's thread takes them
                 self._store.submit(job)
@@ -131,6 +134,7 @@ class Runner:
         """One loop turn: feed every input, then carry out what the endpoint wants
         (store jobs for the idle fast path are left in ``_held``)."""
         now = trio.current_time()
+        self._handed_out = False
         self.endpoint.set_wall_clock(now, self._wall_ns())
         for item in items:
             try:
@@ -209,6 +213,7 @@ class Runner:
         for token, outcome in out.replies:
             if isinstance(token, Reply):
                 token.set(outcome)
+        self._handed_out = self._handed_out or bool(out.packets or out.replies)
         for job in out.jobs:
             if self._held or self._store.idle:  # behind the held ones, in order
                 self._held.append(job)
