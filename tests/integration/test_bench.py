@@ -17,6 +17,7 @@ FIGURES = {
               "handshake_fallback_ms", "kem_step_ms"),
     "ratios": ("verify_floor_msgs_per_s", "sign_verify_floor_msgs_per_s",
                "throughput_to_verify_floor", "idle_ack_floor_ms", "idle_ack_p50_to_floor",
+               "idle_ack_spaced_floor_ms", "idle_ack_spaced_p50_to_floor",
                "send_to_python", "status_to_python"),
     "failover": ("ack_s", "udp_active_s"),
     "delayed_flash": ("trials", "backlog", "ack_ms_p50", "ack_ms_p99", "rtt_ms", "bound_ms",
@@ -27,8 +28,10 @@ FIGURES = {
 }
 PAIR_FIGURES = {
     "fsync": ("fsync_ms_p50", "fsync_ms_p99"),
+    "fsync_idle": ("fsync_ms_p50", "fsync_ms_p99"),
     "throughput": ("messages", "seconds", "msgs_per_s"),
     "idle_ack": ("p50_ms", "p99_ms", "daemon_p50_ms"),
+    "idle_ack_spaced": ("p50_ms", "p99_ms", "daemon_p50_ms"),
     "startup": ("python_ms", "send_ms", "status_ms"),
     "flash": ("trials", "backlog", "ack_ms_p50", "ack_ms_p99", "stored_ms_p99_est",
               "routine_drain_msgs_per_s"),
