@@ -13,8 +13,9 @@ syslog priority and ordered fields. It is rendered three ways:
 
       heartbeat peer=NAME state=up|degraded|down active=URL rtt_ms=0.42
         paths=URL:up:0.42,URL:down out_seq=… acked=… in_seq=… backlog=… skew_ms=…
+        pq=yes|no
 
-  (one line). Other kinds: ``state peer=… path=URL change=up|down|failover
+  (one line; its fields come from ``proto/notices.heartbeat_notice``). Other kinds: ``state peer=… path=URL change=up|down|failover
   reason=…``, ``auth peer=… path=… reason=…``, ``insecure path=… reason=…``,
   ``handshake peer=… path=… result=ok|failed reason=…``, ``daemon …``, ``control …``,
   ``alert alert=EVENT peer=… severity=… text=…`` (DESIGN §10; priority 3 or 2) and
@@ -56,7 +57,6 @@ from typing import Any, Literal, TextIO
 
 from hotline.daemon.unixdgram import UnixDatagramSender
 from hotline.proto.notices import CRIT, DEBUG, ERR, INFO, NOTICE, WARNING
-from hotline.proto.status import LinkSnapshot
 from hotline.textsafe import has_unsafe_chars
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -118,26 +118,6 @@ def utc_stamp(seconds: float) -> str:
 def format_line(kind: str, fields: Mapping[str, object]) -> str:
     """``KIND key=value …`` in the order of ``fields``."""
     return " ".join([kind, *(f"{k}={format_value(v)}" for k, v in fields.items())])
-
-
-def heartbeat_fields(snap: LinkSnapshot) -> dict[str, object]:
-    """The heartbeat line's fields in contract order (DESIGN §5)."""
-    paths = ",".join(
-        f"{p.url}:{p.state}:{p.rtt_ms:.2f}" if p.state == "up" and p.rtt_ms is not None
-        else f"{p.url}:{p.state}"
-        for p in snap.paths
-    )
-    return {
-        "peer": snap.peer, "state": snap.state, "active": snap.active,
-        "rtt_ms": snap.rtt_ms, "paths": paths or None, "out_seq": snap.out_seq,
-        "acked": snap.acked, "in_seq": snap.in_seq, "backlog": snap.backlog,
-        "skew_ms": snap.skew_ms,
-    }
-
-
-def heartbeat_line(snap: LinkSnapshot) -> str:
-    """The DESIGN §5 heartbeat line (no priority prefix, no timestamp)."""
-    return format_line("heartbeat", heartbeat_fields(snap))
 
 
 # --- journald -------------------------------------------------------------------------
@@ -242,11 +222,6 @@ class Logger:
         return lambda: self._sinks.remove(sink) if sink in self._sinks else None
 
     # -- event helpers (the kinds the daemon uses) --
-
-    def heartbeat(self, snap: LinkSnapshot) -> None:
-        """The heartbeat line (priority 6 when up, 4 when degraded or down)."""
-        priority = INFO if snap.state == "up" else WARNING
-        self.emit("heartbeat", priority, heartbeat_fields(snap), snap.to_json_dict())
 
     def state(self, peer: str, path: str | None, change: str, reason: str = "") -> None:
         """A path (or, with ``path`` None, the link) changed: up, down or failover."""
