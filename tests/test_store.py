@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from hotline.commands.verify import verify_store
 from hotline.errors import LocalProtocolError, StoreError
 from hotline.proto.envelope import ZERO_HASH, chain_hash, encode_receipt, sign_receipt
 from hotline.proto.identity import Identity
@@ -43,6 +42,7 @@ from hotline.proto.records import (
 from hotline.proto.sequencer import LaneSequencer
 from hotline.store import DB_NAME, Gap, InboxEntry, Store
 from hotline.store_schema import SCHEMA_VERSION
+from hotline.verify import verify_store
 
 OURS = Identity.from_seed(bytes([1]) * 32)
 THEIRS = Identity.from_seed(bytes([2]) * 32)

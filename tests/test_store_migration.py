@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from hotline.commands.verify import verify_store
 from hotline.proto.envelope import (
     chain_hash,
     decode_envelope_untrusted,
@@ -33,6 +32,7 @@ from hotline.proto.records import Commit, InRecord, StoreBatch
 from hotline.proto.sequencer import LaneSequencer
 from hotline.store import DB_NAME, Store
 from hotline.store_schema import SCHEMA_VERSION
+from hotline.verify import verify_store
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "store-v1"
 MANIFEST: dict[str, Any] = json.loads((FIXTURE / "manifest.json").read_text())

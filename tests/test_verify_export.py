@@ -18,7 +18,6 @@ import msgpack
 import pytest
 
 from hotline.cli import main
-from hotline.commands.verify import VerifyReport, verify_store
 from hotline.keyfile import save_identity
 from hotline.proto import envelope as ev
 from hotline.proto.identity import Identity
@@ -36,6 +35,7 @@ from hotline.proto.records import (
 )
 from hotline.proto.sequencer import LaneSequencer
 from hotline.store import Store
+from hotline.verify import VerifyReport, verify_store
 
 OURS = Identity.from_seed(bytes([3]) * 32)
 THEIRS = Identity.from_seed(bytes([4]) * 32)
@@ -275,7 +275,7 @@ def test_a_missing_run_is_one_problem_and_links_resume_after_it(link, capsys):
 
 
 def test_output_is_bounded(link, capsys, monkeypatch):
-    import hotline.commands.verify as verify_module
+    import hotline.verify as verify_module
 
     monkeypatch.setattr(verify_module, "MAX_SHOWN", 2)
     for seq in (1, 2, 3, 4, 5):

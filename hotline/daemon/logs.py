@@ -15,8 +15,9 @@ syslog priority and ordered fields. It is rendered three ways:
         paths=URL:up:0.42,URL:down out_seq=… acked=… in_seq=… backlog=… skew_ms=…
         pq=yes|no
 
-  (one line; its fields come from ``proto/notices.heartbeat_notice``). Other kinds: ``state peer=… path=URL change=up|down|failover
-  reason=…``, ``auth peer=… path=… reason=…``, ``insecure path=… reason=…``,
+  (one line; its fields come from ``proto/notices.heartbeat_notice``). Other kinds:
+  ``state peer=… path=URL change=up|down|failover reason=…``,
+  ``auth peer=… path=… reason=…``, ``insecure path=… reason=…``,
   ``handshake peer=… path=… result=ok|failed reason=…``, ``daemon …``, ``control …``,
   ``alert alert=EVENT peer=… severity=… text=…`` (DESIGN §10; priority 3 or 2) and
   ``alert_command alert=EVENT result=ok|exit N|killed by SIG…|timeout|cannot run|queue

@@ -35,7 +35,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hotline.commands.verify import verify_store
 from hotline.proto.endpoint import EndpointSettings
 from hotline.proto.envelope import decode_envelope_untrusted
 from hotline.proto.frames import Ack, Frame, Hello, Position, Receipt, encode_frame
@@ -45,6 +44,7 @@ from hotline.proto.link import LinkSettings
 from hotline.proto.records import Commit
 from hotline.proto.requests import SendRequest, Stored
 from hotline.testing.endpoints import Node, seeded_rng
+from hotline.verify import verify_store
 
 T0 = 1_000.0
 _MAX_STEPS_AT_ONE_INSTANT = 2_000

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from hotline.commands.verify import verify_store
 from hotline.daemon.control_server import inbox_message
 from hotline.errors import NotAcknowledgedError, StoreFailedError, UsageError
 from hotline.proto.bodies import (
@@ -42,6 +41,7 @@ from hotline.proto.requests import (
 )
 from hotline.proto.status import OperatorItem
 from hotline.testing.endpoints import Node, NodePair
+from hotline.verify import verify_store
 
 
 def make_pair(tmp_path: Path, **operator: object) -> NodePair:
