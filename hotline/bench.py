@@ -24,6 +24,8 @@ a ratio to the floor measured in the same run:
   millisecond) a FLASH is sent with ``wait``. Its send→ack, timed by the client,
   bounds "stored by the peer" from above; minus one idle RTT it estimates it. The
   routine lane's drain rate from link-up to the end of the trial is reported beside it;
+  and a few trials where the FLASH is sent while the peer is down (it waits for the
+  link with the backlog): from the sender's link-up to its acknowledgement;
 * **FLASH behind a routine backlog, delayed** (issue 10): the same trials on a pair whose
   two paths go through the fault proxy with ``--delay`` ms added each way (no rate
   limit); the send→ack (which bounds "stored by the peer" from above) against the
@@ -77,6 +79,7 @@ class Options:
     messages: int = 20_000  # through send --lines --wait
     backlog: int = 100_000  # routine backlog behind each FLASH trial
     trials: int = 20  # FLASH trials, on loopback and again with --delay (issue 10: 20)
+    queued_trials: int = 5  # FLASH trials where it was sent while the peer was down
     delay_ms: float = 100.0  # delayed FLASH and WAN: one-way delay added each way
     rate_mbit: float = 1.0  # WAN: bottleneck rate in each direction
     queue: int = 50  # WAN: bottleneck queue in packets
@@ -101,7 +104,8 @@ class Options:
     def quick(cls, **given: Any) -> Options:
         """A short smoke run (seconds, not minutes); figures are rough."""
         small = cls(messages=1_000, backlog=2_000, trials=1, wan_backlog=300,
-                    wan_flash_after_s=0.3, micro_s=0.05, fsync_commits=20, warmup=3,
+                    wan_flash_after_s=0.3, queued_trials=1, micro_s=0.05, fsync_commits=20,
+                    warmup=3,
                     samples=20, startup_runs=1, drain_window_s=0.3, settle_s=0.5,
                     heartbeat_s=0.3, dead_after_s=1.0)
         return small.with_given(**given)
@@ -347,6 +351,30 @@ def _flash_trial(pair: LoopbackPair, client: ControlClient, opts: Options,
             "drain_msgs_per_s": (after["acked"] - before["acked"]) / drained_for}
 
 
+def _queued_flash_trial(pair: LoopbackPair, client: ControlClient, opts: Options) -> float:
+    """Peer down, backlog topped up, a FLASH sent then (it waits for the link), peer
+    up: milliseconds from when the sender's status first shows the link up to when its
+    wait for the FLASH's acknowledgement returns (small if it was acked by then)."""
+    pair.kill(1, signal.SIGTERM)
+    pair.wait_for(lambda: (pair.status(0) or {}).get("state") == "down", 30,
+                  "the sender to see the peer gone")
+    _queue(client, max(0, opts.backlog - _lane(pair.status(0))["backlog"]))
+    [seq] = _queue(client, 1, FLASH)
+    pair.start(1)
+    up = _wait_link_up(client)
+    client.request(WaitRequest(FLASH, seq, 60))
+    return (time.perf_counter() - up) * 1e3
+
+
+def measure_queued_flash(pair: LoopbackPair, opts: Options) -> dict[str, Any]:
+    """A FLASH sent while the peer was down, behind the routine backlog: link-up to its
+    acknowledgement, ``opts.queued_trials`` times."""
+    with connect(pair[0].control, timeout=600) as client:
+        ms = [_queued_flash_trial(pair, client, opts) for _ in range(opts.queued_trials)]
+    return {"trials": len(ms), "backlog": opts.backlog, "ack_ms": ms,
+            "ack_ms_p50": statistics.median(ms), "ack_ms_max": max(ms)}
+
+
 def measure_flash(pair: LoopbackPair, opts: Options, idle_rtt_ms: float) -> dict[str, Any]:
     """FLASH behind a routine backlog, ``opts.trials`` times (issue 10)."""
     with connect(pair[0].control, timeout=600) as client:
@@ -382,6 +410,7 @@ def measure_pair(root: Path, opts: Options) -> dict[str, Any]:
         out["throughput"] = measure_lines(pair, opts.messages)
         out["startup"] = measure_startup(pair, opts.startup_runs)
         out["flash"] = measure_flash(pair, opts, rtts.get("tcp") or 0.0)
+        out["queued_flash"] = measure_queued_flash(pair, opts)
     finally:
         pair.stop_all()
     return out
@@ -617,7 +646,7 @@ def _render_pair(r: dict[str, Any]) -> list[str]:
     p, x = r["pair"], r["ratios"]
     rtts = ", ".join(f"{k} {v:.2f} ms" for k, v in p["rtt_ms"].items() if v is not None)
     t, i, s, fl = p["throughput"], p["idle_ack"], p["startup"], p["flash"]
-    sp = p["idle_ack_spaced"]
+    sp, q = p["idle_ack_spaced"], p["queued_flash"]
     return [
         f"two daemons on loopback: link up in {p['link_up_s']:.2f} s; heartbeat RTT {rtts}",
         f"throughput, `hotline send --lines --wait` of {t['messages']:,} lines from a file "
@@ -641,6 +670,10 @@ def _render_pair(r: dict[str, Any]) -> list[str]:
         f"p99 {fl['ack_ms_p99']:.1f} ms (an upper bound of 'stored by the peer'; minus one "
         f"idle RTT: p99 ≈ {fl['stored_ms_p99_est']:.1f} ms; target <= 50 ms); routine lane "
         f"drained meanwhile at {fl['routine_drain_msgs_per_s']:,.0f} msgs/s",
+        f"FLASH sent while the peer was down, behind {q['backlog']:,} queued routine "
+        f"messages ({q['trials']} trials): acknowledged p50 {q['ack_ms_p50']:.1f} ms, max "
+        f"{q['ack_ms_max']:.1f} ms after the sender's status first showed the link up "
+        "(polled every ms)",
     ]
 
 

@@ -35,6 +35,7 @@ PAIR_FIGURES = {
     "startup": ("python_ms", "send_ms", "status_ms"),
     "flash": ("trials", "backlog", "ack_ms_p50", "ack_ms_p99", "stored_ms_p99_est",
               "routine_drain_msgs_per_s"),
+    "queued_flash": ("trials", "backlog", "ack_ms_p50", "ack_ms_max"),
 }
 
 
@@ -62,8 +63,8 @@ def test_quick_bench_reports_every_figure() -> None:
     assert len(report["machine"]["load_avg"]) == 3
     text = render(report)
     for label in ("verify floor", "send --lines --wait", "idle durable send→ack",
-                  "CLI start-up", "FLASH behind", "added each way", "failover", "WAN profile",
-                  "goodput"):
+                  "CLI start-up", "FLASH behind", "FLASH sent while the peer was down",
+                  "added each way", "failover", "WAN profile", "goodput"):
         assert label in text
 
 
