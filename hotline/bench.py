@@ -328,13 +328,20 @@ def _wait_link_up(client: ControlClient, timeout: float = 60.0) -> float:
     raise TimeoutError(f"the link did not come up within {timeout:g}s")
 
 
-def _flash_trial(pair: LoopbackPair, client: ControlClient, opts: Options,
-                 number: int) -> dict[str, float]:
-    """Peer down, backlog topped up, peer up, a FLASH at link-up; see the module header."""
+def _peer_gone_behind_backlog(pair: LoopbackPair, client: ControlClient,
+                              opts: Options) -> None:
+    """Stop the peer, wait until the sender sees it gone, top the routine backlog up to
+    ``opts.backlog`` unacknowledged messages."""
     pair.kill(1, signal.SIGTERM)
     pair.wait_for(lambda: (pair.status(0) or {}).get("state") == "down", 30,
                   "the sender to see the peer gone")
     _queue(client, max(0, opts.backlog - _lane(pair.status(0))["backlog"]))
+
+
+def _flash_trial(pair: LoopbackPair, client: ControlClient, opts: Options,
+                 number: int) -> dict[str, float]:
+    """Peer down, backlog topped up, peer up, a FLASH at link-up; see the module header."""
+    _peer_gone_behind_backlog(pair, client, opts)
     before = _lane(pair.status(0))
     pair.start(1)
     up = _wait_link_up(client)
@@ -355,10 +362,7 @@ def _queued_flash_trial(pair: LoopbackPair, client: ControlClient, opts: Options
     """Peer down, backlog topped up, a FLASH sent then (it waits for the link), peer
     up: milliseconds from when the sender's status first shows the link up to when its
     wait for the FLASH's acknowledgement returns (small if it was acked by then)."""
-    pair.kill(1, signal.SIGTERM)
-    pair.wait_for(lambda: (pair.status(0) or {}).get("state") == "down", 30,
-                  "the sender to see the peer gone")
-    _queue(client, max(0, opts.backlog - _lane(pair.status(0))["backlog"]))
+    _peer_gone_behind_backlog(pair, client, opts)
     [seq] = _queue(client, 1, FLASH)
     pair.start(1)
     up = _wait_link_up(client)

@@ -9,9 +9,9 @@ the waiting clients, notices to the log, jobs to the store worker. So work is ba
 per event-loop turn and there is no task per message.
 
 The idle fast path: when the store's thread has nothing to do, the turn's store jobs
-are held, the runner yields once (so the packets and answers just handed over leave
-first: a waiting client is never kept behind this turn's new commits), then runs the
-jobs right here and pumps again, without a thread hand-off.
+are held; if the turn handed packets or answers to other tasks the runner yields (so
+they leave first: a waiting client is never kept behind this turn's new commits), then
+runs the jobs right here and pumps again, without a thread hand-off.
 
 Nothing a peer or a client sends can end the daemon: an unexpected exception raised
 while handling one input is contained — logged with its traceback at debug and
