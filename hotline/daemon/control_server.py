@@ -72,6 +72,15 @@ _PIPELINE = 256
 _Queued = Reply | trio.Event
 
 
+class _Pipeline:
+    """One client's queue of pipelined send replies, and how many of them are not
+    written yet."""
+
+    def __init__(self, queue: trio.MemorySendChannel[_Queued]) -> None:
+        self.queue = queue
+        self.unwritten = 0
+
+
 async def bind_control_socket(path: Path) -> trio.SocketListener:
     """Bind ``path`` (0660), replacing a stale socket file left by a crashed daemon.
 
@@ -163,14 +172,16 @@ class ControlServer:
 
     async def _serve_client(self, stream: trio.SocketStream, conversation: object) -> None:
         queue_in, queue_out = trio.open_memory_channel[_Queued](_PIPELINE)
+        pipeline = _Pipeline(queue_in)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_queued, stream, queue_out, nursery.cancel_scope)
-            await self._read_requests(stream, conversation, queue_in)
-            await self._barrier(queue_in)
+            nursery.start_soon(self._write_queued, stream, queue_out, pipeline,
+                               nursery.cancel_scope)
+            await self._read_requests(stream, conversation, pipeline)
+            await self._barrier(pipeline)
             nursery.cancel_scope.cancel()
 
     async def _read_requests(self, stream: trio.SocketStream, conversation: object,
-                             queue: trio.MemorySendChannel[_Queued]) -> None:
+                             pipeline: _Pipeline) -> None:
         buffer = ctl.FrameBuffer()
         while True:
             data = await stream.receive_some(_READ_SIZE)
@@ -180,19 +191,19 @@ class ControlServer:
                 for payload in buffer.feed_untrusted(data):
                     request = ctl.decode_request_untrusted(payload)
                     if self.closing:
-                        await self._barrier(queue)
+                        await self._barrier(pipeline)
                         await _send_reply(stream, ctl.error_reply(
                             DaemonUnreachableError,
                             "the daemon is shutting down; nothing was stored"))
                         return
                     if _pipelined(request):
-                        await self._queue_send(request, conversation, queue)
+                        await self._queue_send(request, conversation, pipeline)
                         continue
-                    await self._barrier(queue)
+                    await self._barrier(pipeline)
                     if not await self._reply_all(stream, request, conversation):
                         return
             except RemoteProtocolError as err:
-                await self._barrier(queue)
+                await self._barrier(pipeline)
                 await _send_reply(stream, ctl.error_reply(UsageError, f"bad request: {err}"))
                 return
 
@@ -202,13 +213,15 @@ class ControlServer:
         return reply
 
     async def _queue_send(self, request: Request, conversation: object,
-                          queue: trio.MemorySendChannel[_Queued]) -> None:
+                          pipeline: _Pipeline) -> None:
         assert isinstance(request, SendRequest)
         self._unwritten += 1
+        pipeline.unwritten += 1
         try:
-            await queue.send(await self._call(request, conversation))
+            await pipeline.queue.send(await self._call(request, conversation))
         except BaseException:
             self._written(1)
+            pipeline.unwritten -= 1
             raise
 
     def _written(self, count: int) -> None:
@@ -218,7 +231,7 @@ class ControlServer:
 
     async def _write_queued(self, stream: trio.SocketStream,
                             queue: trio.MemoryReceiveChannel[_Queued],
-                            scope: trio.CancelScope) -> None:
+                            pipeline: _Pipeline, scope: trio.CancelScope) -> None:
         """Write pipelined replies in order; end the conversation after an error."""
         try:
             async for item in queue:
@@ -230,6 +243,7 @@ class ControlServer:
                     await _send_reply(stream, reply)
                 finally:
                     self._written(1)
+                    pipeline.unwritten -= 1
                 if not reply.get("ok"):
                     scope.cancel()
                     return
@@ -238,10 +252,13 @@ class ControlServer:
             queue.close()
 
     @staticmethod
-    async def _barrier(queue: trio.MemorySendChannel[_Queued]) -> None:
-        """Return once every reply queued before now has been written."""
+    async def _barrier(pipeline: _Pipeline) -> None:
+        """Return once every reply queued before now has been written (at once when
+        none is waiting: no hop to the writer task)."""
+        if not pipeline.unwritten:
+            return
         done = trio.Event()
-        await queue.send(done)
+        await pipeline.queue.send(done)
         await done.wait()
 
     async def _reply_all(self, stream: trio.SocketStream, request: Request,

@@ -37,6 +37,7 @@ about, and seals the envelopes it orders (each seam is marked ``OPERATOR SEAM``)
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,11 @@ _REFUSED_MEMORY = 1024
 # a change of the link's shape (a narrated event), when the heartbeat is due, and for
 # STATUS='s counts at most this often (seconds).
 _STATUS_EVERY = 0.5
+# A batch holding nothing but the peer's acks waits this long for other records to
+# commit with: back-to-back sends then pay one fsync each, not two. The ack record only
+# spares resending what the peer holds after a restart (it deduplicates by seq), and
+# no reply waits for it (clients are answered from the link's acks).
+ACK_COMMIT_HOLD = 0.002
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,7 @@ class Endpoint:
         self._carry = list(resume.carry)
         self._carry_read: ReadOutgoing | None = None
         self._read_retry_at: float | None = None
+        self._ack_hold_until: float | None = None  # an ack-only batch commits by then
         self._out = Outputs()
         self._status_line = ""
         self._status_due = now  # when STATUS='s counts are refreshed next
@@ -319,7 +326,7 @@ class Endpoint:
         self._expire_waiters(now)
         self._operator_poll(now)
         self._out.packets.extend(self.link.packets_to_send(now))
-        self._start_commit()
+        self._start_commit(now)
         self._heartbeat(now)
         self._supervise(now)
         out, self._out = self._out, Outputs()
@@ -338,7 +345,7 @@ class Endpoint:
         """The next instant ``poll`` must run even if nothing arrives."""
         deadlines = [self.link.get_timer(), self.narrator.next_heartbeat,
                      self.alert_policy.get_timer(), self.operator.get_timer(),  # OPERATOR SEAM
-                     self._read_retry_at, self._status_due]
+                     self._read_retry_at, self._status_due, self._ack_hold_until]
         deadlines.extend(w.deadline for w in self._waiters)
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -469,9 +476,16 @@ class Endpoint:
 
     # --- commits ------------------------------------------------------------------
 
-    def _start_commit(self) -> None:
-        if self._committing is not None or not self._batch.store:
+    def _start_commit(self, now: float) -> None:
+        store = self._batch.store
+        if self._committing is not None or not store:
             return
+        if store.acks and not dataclasses.replace(store, acks={}):  # acks only
+            if self._ack_hold_until is None:
+                self._ack_hold_until = now + ACK_COMMIT_HOLD
+            if now < self._ack_hold_until:
+                return
+        self._ack_hold_until = None
         self._committing, self._batch = self._batch, _Batch()
         self._out.jobs.append(Commit(self._committing.store))
 

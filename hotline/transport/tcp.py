@@ -26,6 +26,13 @@
 #     recent authenticated packet; with none authenticated, onto our own outbound
 #     connection (a handshake has to go somewhere: we chose that address); with neither,
 #     the packet is dropped and counted (the link resends what matters).
+#   * The idle fast path: when nothing is queued and the writer waits for work, ``send``
+#     writes the packet to the socket itself, non-blocking (no hop to the writer task:
+#     an idle link's DATA and ACK leave in the turn that made them). Once per writer
+#     cycle: the packets that follow in the same turn queue (urgent first) and the
+#     writer, woken, sends them in one batch. Whatever the kernel does not take at once
+#     becomes the writer's ``_partial`` and goes before anything queued, so the byte
+#     stream stays framed.
 #   * Reply to the requester. ``on_answered(packet)``: the link queued a handshake reply
 #     to this packet (a valid initiation). The next handshake-plane packet sent on the
 #     path (any type but a transport packet) goes to THAT packet's connection, even if
@@ -58,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import socket
 from collections import deque
 from dataclasses import dataclass
@@ -217,6 +225,8 @@ class TcpPath:
         self._answer_to: deque[tuple[TcpConn, float]] = deque(maxlen=_MAX_ANSWERS)
         self._trust_clock = 0
         self._wake = trio.Event()
+        self._writer_idle = False  # the writer waits for work (the fast path may write)
+        self._partial: tuple[TcpConn, bytes] | None = None  # a fast-path write's rest
         self._announced = False  # PathConnected told and PathDisconnected not yet
 
     # --- the runner's side ----------------------------------------------------------
@@ -245,11 +255,37 @@ class TcpPath:
         if requester is None and self._target() is None:
             self.stats.dropped_not_connected += 1
             return
+        if self._writer_idle and not (self._queue or self._urgent):
+            conn = self._destination(requester)
+            if conn is not None:
+                self._write_now(conn, data, requester is not None)
+                return
         if len(self._queue) + len(self._urgent) >= self.queue_limit:
             (self._queue or self._urgent).popleft()
             self.stats.dropped_queue_full += 1
         (self._urgent if urgent else self._queue).append((data, requester))
         self._wake.set()
+
+    def _write_now(self, conn: TcpConn, packet: bytes, answer: bool) -> None:
+        """The idle fast path (module header): write ``packet`` to ``conn`` without
+        blocking; the rest, if the kernel took only part, is left to the writer."""
+        data = encode_tcp_frame(packet)
+        self._writer_idle = False  # until the writer has run: what follows is batched
+        self._wake.set()
+        try:
+            written = os.write(conn.stream.socket.fileno(), data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self.stats.write_errors += 1
+            conn.close("write-error")
+            return
+        if written < len(data):
+            self._partial = (conn, data[written:])
+        self.stats.packets_out += 1
+        self.stats.bytes_out += len(data)
+        if answer:
+            self.stats.answers_sent += 1
 
     def on_authenticated(self, packet: PacketIn) -> None:
         """A packet from this path authenticated: trust its connection and write there.
@@ -414,6 +450,7 @@ class TcpPath:
         self._announced = False
         self._queue.clear()
         self._urgent.clear()
+        self._partial = None
         await self._emit(PathDisconnected(self.path_id, reason))
 
     async def _emit(self, event: TransportEvent) -> None:
@@ -426,9 +463,18 @@ class TcpPath:
     async def _writer(self) -> None:
         while True:
             await self._announce_up()  # an inbound connection may have authenticated
+            if self._partial is not None:
+                (partial_conn, rest), self._partial = self._partial, None
+                if not partial_conn.closed:
+                    await self._write_all(partial_conn, rest)
+                continue
             conn, batch = self._take_batch()
             if conn is None:
-                await self._wake.wait()
+                self._writer_idle = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._writer_idle = False
                 self._wake = trio.Event()
                 continue
             await self._write_batch(conn, batch)
@@ -464,16 +510,21 @@ class TcpPath:
 
     async def _write_batch(self, conn: TcpConn, batch: list[bytes]) -> None:
         data = b"".join(encode_tcp_frame(packet) for packet in batch)
+        if await self._write_all(conn, data):
+            self.stats.packets_out += len(batch)
+            self.stats.bytes_out += len(data)
+
+    async def _write_all(self, conn: TcpConn, data: bytes) -> bool:
+        """Write ``data`` to ``conn``; False (and the connection closed) if it failed."""
         with trio.move_on_after(self.write_timeout) as scope:
             try:
                 await conn.stream.send_all(data)
             except _STREAM_ERRORS:
                 self.stats.write_errors += 1
                 conn.close("write-error")
-                return
+                return False
         if scope.cancelled_caught:
             self.stats.write_timeouts += 1
             conn.close("write-timeout")
-            return
-        self.stats.packets_out += len(batch)
-        self.stats.bytes_out += len(data)
+            return False
+        return True
