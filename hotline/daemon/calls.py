@@ -1,8 +1,10 @@
 """What travels on the runner's one input channel besides transport events.
 
-The supervisor opens ONE trio memory channel; the transports, the control server and
-the store worker each hold its send side and the runner reads it, draining everything
-that arrived in one loop turn. Besides ``transport/events.py`` the items are:
+The supervisor opens ONE trio memory channel and the runner reads it, draining
+everything that arrived in one loop turn. The store worker holds its send side; the
+transports and the control server send through ``RunnerInbox`` (runner.py), which may
+feed an item to an idle runner at once instead. Besides ``transport/events.py`` the
+items are:
 
 * ``ClientCall`` — a client's request (``proto/requests.py``) with the ``Reply`` slot
   the control server awaits and its connection (``conversation``);
@@ -15,6 +17,7 @@ No module imports another's internals through this: the supervisor wires them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -72,3 +75,14 @@ class StoreFailed:
 
     job: StoreJob
     error: str
+
+
+class CallSink(Protocol):
+    """Where the control server puts its items (the runner's ``RunnerInbox``, or a
+    trio memory channel's send side)."""
+
+    async def send(self, value: ClientCall | ConversationClosed, /) -> None:
+        """Put one item, waiting for room."""
+
+    def send_nowait(self, value: ClientCall | ConversationClosed, /) -> None:
+        """Put one item now."""

@@ -37,7 +37,7 @@ from typing import Any
 
 import trio
 
-from hotline.daemon.calls import ClientCall, ConversationClosed, Reply
+from hotline.daemon.calls import CallSink, ClientCall, ConversationClosed, Reply
 from hotline.daemon.logs import Logger
 from hotline.daemon.storeworker import StoreWorker
 from hotline.errors import (
@@ -121,7 +121,7 @@ def _remove_stale(path: Path) -> None:
 class ControlServer:
     """Serves control clients for one runner (see the module header)."""
 
-    def __init__(self, submit: trio.MemorySendChannel[Any], store: StoreWorker,
+    def __init__(self, submit: CallSink, store: StoreWorker,
                  logger: Logger, log_uid: Callable[[int | None], None] | None = None,
                  operator_lanes: Collection[int] = (FLASH, IMMEDIATE)) -> None:
         self._submit = submit

@@ -11,7 +11,13 @@ per event-loop turn and there is no task per message.
 The idle fast path: when the store's thread has nothing to do, the turn's store jobs
 are held; if the turn handed packets or answers to other tasks the runner yields (so
 they leave first: a waiting client is never kept behind this turn's new commits), then
-runs the jobs right here and pumps again, without a thread hand-off.
+runs the jobs right here and pumps again, without a thread hand-off. And the way in:
+the transports and the control server put their items through ``RunnerInbox``, which
+hands an item offered while the runner waits for input (nothing queued, the store's
+thread idle) straight to ``take_now`` — the turn runs in the offering task, with no
+wake-up of the runner in between; then it nudges the runner, which settles what that
+turn left (held jobs behind its answers, the next deadline) while anything arriving
+meanwhile queues and is batched as usual.
 
 Nothing a peer or a client sends can end the daemon: an unexpected exception raised
 while handling one input is contained — logged with its traceback at debug and
@@ -24,6 +30,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import trio
 
@@ -44,8 +51,15 @@ from hotline.proto.link import Received
 from hotline.proto.records import StoreJob
 from hotline.transport.events import PacketIn, PathConnected, PathDisconnected, PathTransport
 
+
+@dataclass(frozen=True, slots=True)
+class Nudge:
+    """Wakes the runner after ``take_now`` (it carries nothing)."""
+
+
 RunnerInput = PacketIn | PathConnected | PathDisconnected | ClientCall | ConversationClosed \
-    | StoreDone | StoreFailed
+    | StoreDone | StoreFailed | Nudge
+_NUDGE = Nudge()
 # Backstop: wake at least this far ahead, so that a deadline the endpoint failed to move
 # on (a bug) costs a little latency instead of a core spinning at 100%.
 _MIN_SLEEP = 0.0005
@@ -83,6 +97,7 @@ class Runner:
         self._answering: dict[Source, PacketIn] = {}  # this turn's answered requesters
         self._held: list[StoreJob] = []  # this turn's jobs for the idle fast path
         self._handed_out = False  # this turn gave packets or answers to other tasks
+        self._busy = False  # in a turn (take_now must not start another inside it)
         self._wedged = False
         self.heartbeat_alive_at = 0.0
 
@@ -130,33 +145,58 @@ class Runner:
                 self._store.submit(job)
             self._held = []
 
+    def take_now(self, item: RunnerInput) -> bool:
+        """Run a turn for ``item`` here, in the caller's task, if the runner waits for
+        input with nothing queued and the store's thread is idle (module header); the
+        held jobs run here too unless the turn handed something out. False: not taken
+        (queue it). The caller then nudges the runner."""
+        stats = self._inputs.statistics()
+        if self._busy or self._wedged or not self._store.idle \
+                or stats.tasks_waiting_receive != 1 or stats.current_buffer_used:
+            return False
+        self.turn([item])
+        for _ in range(_INLINE_ROUNDS):
+            if not self._held or self._handed_out:
+                break
+            self.run_held()
+        return True
+
     def turn(self, items: Sequence[RunnerInput]) -> None:
         """One loop turn: feed every input, then carry out what the endpoint wants
         (store jobs for the idle fast path are left in ``_held``)."""
         now = trio.current_time()
-        self._handed_out = False
-        self.endpoint.set_wall_clock(now, self._wall_ns())
-        for item in items:
-            try:
-                self._feed(item, now)
-            except Exception as err:  # contained: one input must not end the daemon
-                self._contain(type(item).__name__, err)
-        self._pump(now)
+        if not self._held:  # else what an earlier turn handed out may still be leaving
+            self._handed_out = False
+        self._busy = True
+        try:
+            self.endpoint.set_wall_clock(now, self._wall_ns())
+            for item in items:
+                try:
+                    self._feed(item, now)
+                except Exception as err:  # contained: one input must not end the daemon
+                    self._contain(type(item).__name__, err)
+            self._pump(now)
+        finally:
+            self._busy = False
 
     def run_held(self) -> None:
         """Run the held store jobs here (or on the store's thread if it got work
         meanwhile, after that work), feed their results, pump again."""
         now = trio.current_time()
         held, self._held = self._held, []
-        for job in held:
-            if self._store.idle:
-                try:
-                    self._feed(self._store.run_inline(job), now)
-                except Exception as err:
-                    self._contain("StoreDone", err)
-            else:
-                self._store.submit(job)
-        self._pump(now)
+        self._busy = True
+        try:
+            for job in held:
+                if self._store.idle:
+                    try:
+                        self._feed(self._store.run_inline(job), now)
+                    except Exception as err:
+                        self._contain("StoreDone", err)
+                else:
+                    self._store.submit(job)
+            self._pump(now)
+        finally:
+            self._busy = False
 
     def _pump(self, now: float) -> None:
         try:
@@ -189,7 +229,7 @@ class Runner:
             endpoint.forget_conversation(item.conversation)
         elif isinstance(item, StoreDone):
             endpoint.store_done(item.job, item.result, now)
-        else:
+        elif isinstance(item, StoreFailed):
             endpoint.store_failed(item.job, item.error, now)
 
     def _act(self, out: Outputs, now: float) -> None:
@@ -232,3 +272,30 @@ class Runner:
         detail = "".join(traceback.format_exception(err)).strip()
         notice = self.endpoint.narrator.internal(what, detail)
         self._logger.emit(notice.kind, notice.priority, notice.fields)
+
+
+class RunnerInbox:
+    """The send side of the runner's input channel, with the fast path in: an item the
+    runner can take now (``Runner.take_now``) is fed at once, and the runner nudged;
+    any other is queued (module header). Transports and the control server send
+    through it; the store worker's results go to the channel itself."""
+
+    def __init__(self, channel: trio.MemorySendChannel[RunnerInput]) -> None:
+        self._channel = channel
+        self.runner: Runner | None = None  # set once the runner exists
+
+    async def send(self, value: RunnerInput, /) -> None:
+        """Feed or queue ``value``."""
+        if not self._took(value):
+            await self._channel.send(value)
+
+    def send_nowait(self, value: RunnerInput, /) -> None:
+        """Feed or queue ``value`` without waiting (the channel is unbounded)."""
+        if not self._took(value):
+            self._channel.send_nowait(value)
+
+    def _took(self, value: RunnerInput) -> bool:
+        if self.runner is None or not self.runner.take_now(value):
+            return False
+        self._channel.send_nowait(_NUDGE)
+        return True

@@ -22,7 +22,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
@@ -30,7 +29,7 @@ from hotline.config import Config
 from hotline.daemon.control_server import ControlServer, bind_control_socket
 from hotline.daemon.logs import NOTICE, Logger
 from hotline.daemon.notify import Notifier
-from hotline.daemon.runner import Runner, RunnerInput
+from hotline.daemon.runner import Runner, RunnerInbox, RunnerInput
 from hotline.daemon.storeworker import StoreWorker
 from hotline.daemon.supervision import Supervision, alert_insecure_key
 from hotline.errors import ConfigError, KeyPermissionError
@@ -43,7 +42,7 @@ from hotline.proto.operator import OperatorSettings
 from hotline.proto.pq import require_mlkem
 from hotline.proto.supervision import AlertSettings
 from hotline.store import Store
-from hotline.transport.events import PathTransport
+from hotline.transport.events import EventSink, PathTransport
 from hotline.transport.tcp import TcpPath
 from hotline.transport.tcp_listener import TcpListener
 from hotline.transport.udp import UdpEndpoint
@@ -136,14 +135,16 @@ async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Ide
                         endpoint_settings(config, psk), resume, os.urandom, trio.current_time(),
                         time.time_ns())
     submit, inputs = trio.open_memory_channel[RunnerInput](math.inf)
+    inbox = RunnerInbox(submit)
     worker = StoreWorker(store, submit)
     transports: dict[int, PathTransport] = {}
-    tcp_paths, udp = _make_transports(config, submit, transports)
-    control = ControlServer(submit, worker, logger, _uid_logger(logger),
+    tcp_paths, udp = _make_transports(config, inbox, transports)
+    control = ControlServer(inbox, worker, logger, _uid_logger(logger),
                             operator_lanes=endpoint.settings.operator.ack_lanes)
     supervision = Supervision(config, logger, trio.current_time())
     runner = Runner(endpoint, inputs, worker, transports, logger, notifier, supervision,
                     inbox_changed=control.inbox_changed)
+    inbox.runner = runner
     control_listener = await bind_control_socket(config.control)
     async with supervision.running() as metrics_at, trio.open_nursery() as nursery:
         for spec in config.listen:
@@ -178,7 +179,7 @@ async def _run(config: Config, logger: Logger, notifier: Notifier, identity: Ide
 
 
 def _make_transports(
-    config: Config, events: trio.MemorySendChannel[Any],
+    config: Config, events: EventSink,
     transports: dict[int, PathTransport],
 ) -> tuple[list[TcpPath], UdpEndpoint]:
     udp = UdpEndpoint(events)

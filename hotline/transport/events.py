@@ -15,6 +15,9 @@
 #   PathDisconnected(path_id, reason)   the last usable connection of a TCP path went away.
 #
 # ``path_id`` is the index of the path in the peer's ``paths`` list from the config.
+# Transports put events through an ``EventSink``: that channel's send side, or the
+# daemon's ``RunnerInbox`` (daemon/runner.py), which hands an event to an idle runner at
+# once instead of waking it.
 #
 # The runner tells a transport what the link made of a packet (DESIGN §2b, §3):
 # ``on_authenticated`` (it proves the peer holds the keys: trust where it came from — UDP
@@ -58,6 +61,16 @@ class PathDisconnected:
 
 
 TransportEvent: TypeAlias = PacketIn | PathConnected | PathDisconnected
+
+
+class EventSink(Protocol):
+    """Where a transport puts its events (a trio memory channel's send side fits)."""
+
+    async def send(self, value: TransportEvent, /) -> None:
+        """Put one event, waiting for room."""
+
+    def send_nowait(self, value: TransportEvent, /) -> None:
+        """Put one event now (``trio.WouldBlock`` when there is no room)."""
 
 
 class PathTransport(Protocol):

@@ -78,6 +78,7 @@ from hotline.proto.packet import PACKET_TRANSPORT, TCP_MAX_PACKET
 from hotline.transport.backoff import Backoff
 from hotline.transport.events import (
     Address,
+    EventSink,
     PacketIn,
     PathConnected,
     PathDisconnected,
@@ -193,7 +194,7 @@ class TcpPath:
         path_id: int,
         host: str,
         port: int,
-        events: trio.MemorySendChannel[TransportEvent],
+        events: EventSink,
         *,
         backoff: Backoff | None = None,
         queue_limit: int = 256,

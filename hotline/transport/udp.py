@@ -48,7 +48,12 @@ import trio
 from hotline.errors import LocalProtocolError
 from hotline.proto.packet import PACKET_TRANSPORT, UDP_MAX_DATAGRAM
 from hotline.transport.backoff import Backoff
-from hotline.transport.events import Address, PacketIn, PathConnected, TransportEvent
+from hotline.transport.events import (
+    Address,
+    EventSink,
+    PacketIn,
+    PathConnected,
+)
 
 # Requesters remembered for ``on_answered`` (the link answers in the same loop turn).
 _MAX_ANSWERS = 16
@@ -152,7 +157,7 @@ class UdpEndpoint:
 
     def __init__(
         self,
-        events: trio.MemorySendChannel[TransportEvent],
+        events: EventSink,
         *,
         max_datagram: int = UDP_MAX_DATAGRAM,
         resolve_backoff: Backoff | None = None,
