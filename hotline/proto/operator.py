@@ -392,10 +392,12 @@ class OperatorDesk:
         self._answer_if_done(waiter)
 
     def _resume(self, state: OperatorState, now: float) -> None:
-        """Start-up: ours oldest first by timestamp, the peer's in arrival order."""
+        """Start-up: ours oldest first by timestamp (equal ones by precedence, then
+        seq: the store's row order is by the second they were stored, which must not
+        decide), the peer's in arrival order."""
         ours = [(env.ts, out) for out in state.ours
                 if (env := _decoded(out.raw)) is not None and _plain_message(env)]
-        for ts, out in sorted(ours, key=lambda item: item[0]):
+        for ts, out in sorted(ours, key=lambda item: (item[0], item[1].lane, item[1].seq)):
             self._await(self.pending, (out.epoch, out.lane, out.seq), ts,
                         self.settings.deadlines.get(out.lane), now)
         for record in reversed(state.theirs):

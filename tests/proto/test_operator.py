@@ -253,6 +253,26 @@ def test_pending_and_owed_survive_a_restart(tmp_path: Path) -> None:
     pair.close()
 
 
+def test_pending_order_after_a_restart_does_not_depend_on_the_second_stored(
+        tmp_path: Path) -> None:
+    """Envelopes with one timestamp come back in precedence order, whichever second of
+    the wall clock the store recorded for each (it once flaked at a second boundary)."""
+    pair = make_pair(tmp_path)
+    a = pair.a
+    send(a, b"flash one")
+    send(a, b"immediate one", lane=IMMEDIATE)
+    pair.run(1.0)
+    assert pending(a, pair.now) == ["Z1", "O1"]
+    # The immediate one stored in the next second: the store returns it first (newest
+    # first), and both envelopes carry the same timestamp.
+    a.store._db.execute("UPDATE outgoing SET stored_at = stored_at + 1 WHERE lane = ?",
+                        (IMMEDIATE,))
+    a.crash(pair.now)
+    pair.run(1.0)
+    assert pending(a, pair.now) == ["Z1", "O1"]  # same timestamp: flash first
+    pair.close()
+
+
 def test_drills_every_two_seconds_are_answered(tmp_path: Path) -> None:
     pair = make_pair(tmp_path, drill_every=2.0, drill_deadline=5.0)
     pair.run(9.0)
