@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 import trio
+import trio.testing
 
 from hotline.errors import LocalProtocolError
 from hotline.proto.framing import encode_tcp_frame
@@ -302,6 +303,31 @@ async def test_tcp_urgent_packets_go_ahead_of_queued_ordinary_ones():
         assert frames[0] == b"\x03routine 0"
         assert frames[1] == b"\x03FLASH"
         assert frames[2:] == [b"\x03routine %d" % i for i in range(1, 5)]
+        await dialled.aclose()
+        await peer_listener.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_tcp_fast_path_keeps_the_stream_framed_when_the_socket_fills():
+    """The idle fast path writes without blocking; what the kernel does not take (the
+    peer is not reading) goes before everything queued after it: every frame arrives
+    whole and in order once the peer reads."""
+    (peer_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    peer_port = peer_listener.socket.getsockname()[1]
+    async with trio.open_nursery() as nursery, tcp_side(
+        nursery, "127.0.0.1", target_port=peer_port
+    ) as side:
+        dialled = await peer_listener.accept()
+        await next_event(side.rx, PathConnected)
+        side.path.queue_limit = 1000
+        sent = [bytes([i % 251]) * 16_000 + b"#%d" % i for i in range(600)]  # 9.6 MB
+        for packet in sent:  # the peer reads nothing yet: the socket fills up
+            side.path.send(packet)
+            await trio.testing.wait_all_tasks_blocked()  # the writer idles again, or blocks
+        with trio.fail_after(30):
+            frames = await read_frames(dialled, len(sent))
+        assert frames == sent
+        assert side.path.stats.write_errors == side.path.stats.dropped_queue_full == 0
         await dialled.aclose()
         await peer_listener.aclose()
         nursery.cancel_scope.cancel()
