@@ -297,8 +297,7 @@ class Endpoint:
 
     def store_failed(self, job: StoreJob, error: str, now: float) -> None:
         """A store job failed (disk full, I/O error): refuse, roll back, carry on."""
-        self._note(Notice("store", CRIT, {"peer": self.settings.peer_name,
-                                          "job": type(job).__name__, "error": error}))
+        self._note(self.narrator.store_failed(type(job).__name__, error, now))
         self.alert_policy.on_store_error(error, now)
         if isinstance(job, Commit):
             self._on_commit_failed(error)

@@ -12,6 +12,9 @@ turns the Link's events into notices with these rules:
   line per kind and path every ``AUTH_LOG_EVERY`` seconds, showing the latest reason
   (a flood of forged packets cannot flood the journal, nor grow our memory by varying
   its reasons; the next line says how many were held); anything else at 7;
+* a failed store job (disk full, I/O error) at priority 2, at most one line per kind
+  of job every ``STORE_LOG_EVERY`` seconds, the same way (a full disk refuses every
+  send and every retransmission of the peer's: one line each would flood the journal);
 * the heartbeat line every ``log_every`` seconds and at once when the link's shape
   (state, active path, path states, whether the session is post-quantum) changes —
   not on every rekey. Its last field is ``pq=yes|no`` (DESIGN §11).
@@ -41,6 +44,7 @@ from hotline.proto.status import LinkSnapshot
 
 CRIT, ERR, WARNING, NOTICE, INFO, DEBUG = 2, 3, 4, 5, 6, 7
 AUTH_LOG_EVERY = 10.0
+STORE_LOG_EVERY = 10.0
 AUTH_KINDS = ("AuthenticationError", "HandshakeError")
 
 
@@ -80,6 +84,7 @@ class Narrator:
     log_every: float
     dropped: dict[str, int] = field(default_factory=dict)
     _auth: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)
+    _store: dict[str, tuple[float, int]] = field(default_factory=dict)
     _lost_told: set[tuple[bytes, int, int]] = field(default_factory=set)
     _shape: tuple[object, ...] = ()
     _next_heartbeat: float = -math.inf
@@ -156,6 +161,18 @@ class Narrator:
                       and self.urls.index(event.old) < self.urls.index(event.new))
         return _state(self.peer, event.new, "failover" if moved_down else "primary",
                       f"active was {event.old or 'none'}")
+
+    def store_failed(self, job: str, error: str, now: float) -> Notice | None:
+        """The line for a failed store job of kind ``job`` (a class name: a bounded
+        set), or None while that kind's last line is under ``STORE_LOG_EVERY`` old."""
+        last, held = self._store.get(job, (-math.inf, 0))
+        if now - last < STORE_LOG_EVERY:
+            self._store[job] = (last, held + 1)
+            return None
+        self._store[job] = (now, 0)
+        if held:
+            error += f" (and {held} more since the last line)"
+        return Notice("store", CRIT, {"peer": self.peer, "job": job, "error": error})
 
     def _dropped(self, event: Dropped, now: float) -> Notice | None:
         self.dropped[event.kind] = self.dropped.get(event.kind, 0) + 1

@@ -18,6 +18,7 @@ from hotline.errors import StoreFailedError
 from hotline.proto.envelope import decode_envelope_untrusted
 from hotline.proto.frames import Ack, encode_frame
 from hotline.proto.lanes import ROUTINE
+from hotline.proto.notices import STORE_LOG_EVERY
 from hotline.proto.records import Commit, LookupSendIds, ReadOutgoing, StoreJob
 from hotline.proto.requests import Refused, SendRequest, Stored
 from hotline.testing.endpoints import Node, NodePair
@@ -213,15 +214,29 @@ def test_a_failed_carry_read_is_retried_later_not_at_once(pair: NodePair) -> Non
     bodies = [b"old %d" % i for i in range(300)]
     send(a, *bodies)
     old = claim_more_than_we_hold(pair)
-    a.fail = lambda job: isinstance(job, ReadOutgoing) and job.epoch == old
+    reads: list[StoreJob] = []  # the failed reads of the old epoch
+
+    def fail(job: StoreJob) -> bool:
+        failing = isinstance(job, ReadOutgoing) and job.epoch == old
+        if failing:
+            reads.append(job)
+        return failing
+
+    a.fail = fail
     a.turn()
-    assert store_notices(a) == 1
+    assert len(reads) == store_notices(a) == 1
     a.turn()
-    assert store_notices(a) == 1  # nothing retried before its time
+    assert len(reads) == 1  # nothing retried before its time
     for _ in range(3):  # each retry, a second later, fails once more
         pair.now = a.now = pair.now + 1.0
         a.turn()
-    assert store_notices(a) == 4
+    assert len(reads) == 4
+    assert store_notices(a) == 1  # one line per STORE_LOG_EVERY, however many fail
+    pair.now = a.now = pair.now + STORE_LOG_EVERY
+    a.turn()
+    assert len(reads) == 5
+    [*_, line] = [n for n in a.notices if n.kind == "store"]
+    assert str(line.fields["error"]).endswith("(and 3 more since the last line)")
     a.fail = None
     deliver(pair)
     assert inbox(pair.b, a.endpoint.link.epoch) == bodies

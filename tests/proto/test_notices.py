@@ -27,6 +27,7 @@ from hotline.proto.notices import (
     DEBUG,
     ERR,
     NOTICE,
+    STORE_LOG_EVERY,
     WARNING,
     Narrator,
     Notice,
@@ -165,6 +166,24 @@ def test_events_without_a_line() -> None:
 
 
 # --- refused packets: auth lines rate-limited per reason, everything counted ---------------
+
+
+def test_store_failure_lines_are_limited_per_kind_of_job_with_the_held_count() -> None:
+    """A full disk fails every commit (each send, each retransmission of the peer's):
+    one priority-2 line per kind of job every 10 s, the next one saying how many."""
+    assert STORE_LOG_EVERY == 10.0
+    n = narrator()
+    full = "StoreError: database or disk is full"
+    assert n.store_failed("Commit", full, 100.0) == Notice("store", CRIT, {
+        "peer": "moscow", "job": "Commit", "error": full})
+    assert [n.store_failed("Commit", full, t) for t in (100.5, 104.0, 109.9)] == [None] * 3
+    read = n.store_failed("ReadOutgoing", "StoreError: disk I/O error", 105.0)
+    assert read is not None  # another kind of job has its own line
+    later = n.store_failed("Commit", full, 110.0)
+    assert later is not None
+    assert later.fields["error"] == f"{full} (and 3 more since the last line)"
+    assert n.store_failed("Commit", full, 130.0) == Notice("store", CRIT, {
+        "peer": "moscow", "job": "Commit", "error": full})  # nothing held: no count
 
 
 def test_auth_lines_are_limited_to_one_per_reason_per_10_s_with_the_held_count() -> None:
