@@ -157,6 +157,23 @@ async def tcp_side(
 
 
 @asynccontextmanager
+async def dialling_side() -> AsyncIterator[tuple[Side, trio.SocketStream]]:
+    """A side whose path dialled a plain listener, up: (the side, the connection it
+    dialled, as the listener accepted it)."""
+    (peer_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    peer_port = peer_listener.socket.getsockname()[1]
+    async with trio.open_nursery() as nursery, tcp_side(
+        nursery, "127.0.0.1", target_port=peer_port
+    ) as side:
+        dialled = await peer_listener.accept()
+        await next_event(side.rx, PathConnected)
+        yield side, dialled
+        await dialled.aclose()
+        await peer_listener.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def tcp_pair(host: str) -> AsyncIterator[tuple[Side, Side]]:
     """Two symmetric sides: each dials the other's listener and listens."""
     async with trio.open_nursery() as nursery:
@@ -256,13 +273,7 @@ async def test_tcp_inbound_is_the_peers_only_once_a_packet_on_it_authenticated()
 
 
 async def test_tcp_writes_only_to_the_most_recently_authenticated_else_outbound():
-    (peer_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    peer_port = peer_listener.socket.getsockname()[1]
-    async with trio.open_nursery() as nursery, tcp_side(
-        nursery, "127.0.0.1", target_port=peer_port
-    ) as side:
-        dialled = await peer_listener.accept()
-        await next_event(side.rx, PathConnected)
+    async with dialling_side() as (side, dialled):
         stranger = await trio.open_tcp_stream("127.0.0.1", side.port)
         await inbound_packet(side, stranger, b"\x03junk")
         side.path.send(b"\x01handshake")  # nothing authenticated: our own dial
@@ -279,21 +290,13 @@ async def test_tcp_writes_only_to_the_most_recently_authenticated_else_outbound(
         assert await read_frames(dialled, 1) == [b"\x03to dialled"]
         await assert_nothing_received(newer)
         await assert_nothing_received(stranger)
-        for s in (dialled, stranger, newer):
+        for s in (stranger, newer):
             await s.aclose()
-        await peer_listener.aclose()
-        nursery.cancel_scope.cancel()
 
 
 async def test_tcp_urgent_packets_go_ahead_of_queued_ordinary_ones():
     """DESIGN §9: a FLASH never waits behind bytes queued toward the socket."""
-    (peer_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    peer_port = peer_listener.socket.getsockname()[1]
-    async with trio.open_nursery() as nursery, tcp_side(
-        nursery, "127.0.0.1", target_port=peer_port
-    ) as side:
-        dialled = await peer_listener.accept()
-        await next_event(side.rx, PathConnected)
+    async with dialling_side() as (side, dialled):
         for i in range(5):  # in one turn, before the writer runs
             side.path.send(b"\x03routine %d" % i)
         side.path.send(b"\x03FLASH", urgent=True)
@@ -303,22 +306,13 @@ async def test_tcp_urgent_packets_go_ahead_of_queued_ordinary_ones():
         assert frames[0] == b"\x03routine 0"
         assert frames[1] == b"\x03FLASH"
         assert frames[2:] == [b"\x03routine %d" % i for i in range(1, 5)]
-        await dialled.aclose()
-        await peer_listener.aclose()
-        nursery.cancel_scope.cancel()
 
 
 async def test_tcp_fast_path_keeps_the_stream_framed_when_the_socket_fills():
     """The idle fast path writes without blocking; what the kernel does not take (the
     peer is not reading) goes before everything queued after it: every frame arrives
     whole and in order once the peer reads."""
-    (peer_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    peer_port = peer_listener.socket.getsockname()[1]
-    async with trio.open_nursery() as nursery, tcp_side(
-        nursery, "127.0.0.1", target_port=peer_port
-    ) as side:
-        dialled = await peer_listener.accept()
-        await next_event(side.rx, PathConnected)
+    async with dialling_side() as (side, dialled):
         side.path.queue_limit = 1000
         sent = [bytes([i % 251]) * 16_000 + b"#%d" % i for i in range(600)]  # 9.6 MB
         for packet in sent:  # the peer reads nothing yet: the socket fills up
@@ -328,9 +322,6 @@ async def test_tcp_fast_path_keeps_the_stream_framed_when_the_socket_fills():
             frames = await read_frames(dialled, len(sent))
         assert frames == sent
         assert side.path.stats.write_errors == side.path.stats.dropped_queue_full == 0
-        await dialled.aclose()
-        await peer_listener.aclose()
-        nursery.cancel_scope.cancel()
 
 
 async def test_tcp_answer_goes_back_on_the_requesting_connection_once():
