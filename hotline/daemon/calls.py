@@ -17,12 +17,13 @@ No module imports another's internals through this: the supervisor wires them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TypeAlias
 
 import trio
 
 from hotline.proto.records import StoreJob, StoreResult
 from hotline.proto.requests import EndpointRequest, Outcome
+from hotline.transport.events import Sink
 
 
 class Reply:
@@ -77,12 +78,4 @@ class StoreFailed:
     error: str
 
 
-class CallSink(Protocol):
-    """Where the control server puts its items (the runner's ``RunnerInbox``, or a
-    trio memory channel's send side)."""
-
-    async def send(self, value: ClientCall | ConversationClosed, /) -> None:
-        """Put one item, waiting for room."""
-
-    def send_nowait(self, value: ClientCall | ConversationClosed, /) -> None:
-        """Put one item now."""
+CallSink: TypeAlias = Sink[ClientCall | ConversationClosed]  # the control server puts there

@@ -28,7 +28,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 # A socket address as the socket module gives it: (host, port) for IPv4,
 # (host, port, flowinfo, scope_id) for IPv6.
@@ -63,14 +63,21 @@ class PathDisconnected:
 TransportEvent: TypeAlias = PacketIn | PathConnected | PathDisconnected
 
 
-class EventSink(Protocol):
-    """Where a transport puts its events (a trio memory channel's send side fits)."""
+T_contra = TypeVar("T_contra", contravariant=True)
 
-    async def send(self, value: TransportEvent, /) -> None:
-        """Put one event, waiting for room."""
 
-    def send_nowait(self, value: TransportEvent, /) -> None:
-        """Put one event now (``trio.WouldBlock`` when there is no room)."""
+class Sink(Protocol[T_contra]):
+    """Where a task puts items for the runner: a trio memory channel's send side fits,
+    and so does the daemon's ``RunnerInbox``."""
+
+    async def send(self, value: T_contra, /) -> None:
+        """Put one item, waiting for room."""
+
+    def send_nowait(self, value: T_contra, /) -> None:
+        """Put one item now (``trio.WouldBlock`` when there is no room)."""
+
+
+EventSink: TypeAlias = Sink[TransportEvent]  # what a transport puts its events into
 
 
 class PathTransport(Protocol):
