@@ -23,7 +23,7 @@ turns the Link's events into notices with these rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,27 @@ def heartbeat_notice(snap: LinkSnapshot) -> Notice:
                   snap.to_json_dict())
 
 
+class _LineLimit:
+    """At most one line per key every ``every`` seconds; the next one says how many
+    were held meanwhile. Keys come from a bounded set (never from the peer's text)."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._last: dict[Hashable, tuple[float, int]] = {}  # key -> (last line, held)
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def line(self, key: Hashable, text: str, now: float) -> str | None:
+        """``text`` to log now (with the count held since the last line), or None."""
+        last, held = self._last.get(key, (-math.inf, 0))
+        if now - last < self.every:
+            self._last[key] = (last, held + 1)
+            return None
+        self._last[key] = (now, 0)
+        return f"{text} (and {held} more since the last line)" if held else text
+
+
 @dataclass
 class Narrator:
     """Turns Link events into notices (see the module header)."""
@@ -83,8 +104,8 @@ class Narrator:
     urls: tuple[str, ...]
     log_every: float
     dropped: dict[str, int] = field(default_factory=dict)
-    _auth: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)
-    _store: dict[str, tuple[float, int]] = field(default_factory=dict)
+    _auth: _LineLimit = field(default_factory=lambda: _LineLimit(AUTH_LOG_EVERY))
+    _store: _LineLimit = field(default_factory=lambda: _LineLimit(STORE_LOG_EVERY))
     _lost_told: set[tuple[bytes, int, int]] = field(default_factory=set)
     _shape: tuple[object, ...] = ()
     _next_heartbeat: float = -math.inf
@@ -165,14 +186,10 @@ class Narrator:
     def store_failed(self, job: str, error: str, now: float) -> Notice | None:
         """The line for a failed store job of kind ``job`` (a class name: a bounded
         set), or None while that kind's last line is under ``STORE_LOG_EVERY`` old."""
-        last, held = self._store.get(job, (-math.inf, 0))
-        if now - last < STORE_LOG_EVERY:
-            self._store[job] = (last, held + 1)
+        line = self._store.line(job, error, now)
+        if line is None:
             return None
-        self._store[job] = (now, 0)
-        if held:
-            error += f" (and {held} more since the last line)"
-        return Notice("store", CRIT, {"peer": self.peer, "job": job, "error": error})
+        return Notice("store", CRIT, {"peer": self.peer, "job": job, "error": line})
 
     def _dropped(self, event: Dropped, now: float) -> Notice | None:
         self.dropped[event.kind] = self.dropped.get(event.kind, 0) + 1
@@ -181,14 +198,9 @@ class Narrator:
             return Notice("debug", DEBUG, {"peer": self.peer, "path": url,
                                            "dropped": event.kind, "reason": event.reason})
         key = (event.kind, event.path_id)  # bounded: never keyed by the peer's text
-        last, held = self._auth.get(key, (-math.inf, 0))
-        if now - last < AUTH_LOG_EVERY:
-            self._auth[key] = (last, held + 1)
+        reason = self._auth.line(key, f"{event.kind}: {event.reason}", now)
+        if reason is None:
             return None
-        self._auth[key] = (now, 0)
-        reason = f"{event.kind}: {event.reason}"
-        if held:
-            reason += f" (and {held} more since the last line)"
         return Notice("auth", ERR, {"peer": self.peer, "path": url, "reason": reason})
 
 
