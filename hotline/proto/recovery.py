@@ -292,8 +292,10 @@ class LossDetector:
         for packet in lost:
             for seq in packet.seqs:
                 carriers = self._carriers.get(seq)
-                if carriers is None:
-                    continue  # acknowledged
+                if carriers is None or packet not in carriers:
+                    # Acknowledged — and perhaps sent again since, by newer packets
+                    # only (a peer that lost its store wants acknowledged seqs again).
+                    continue
                 carriers.remove(packet)
                 if not carriers:
                     del self._carriers[seq]

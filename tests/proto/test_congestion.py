@@ -221,6 +221,22 @@ def test_retransmissions_give_no_rtt_sample_and_are_not_resent_twice() -> None:
     assert outcome.rtt_sample is None  # Karn: which copy arrived?
 
 
+def test_a_seq_acknowledged_then_sent_again_is_no_orphan_of_the_old_packet() -> None:
+    """A peer that lost its store wants acknowledged seqs again: the packet that first
+    carried one, declared lost later, must leave the new copy's carriers alone (the sim
+    soak found it raising ValueError)."""
+    detector = LossDetector(RttEstimator(0.1))
+    detector.on_packet_sent(2 * MDS, [1, 2], 0.0)  # packet 0: seq 1 gets through, 2 not
+    assert detector.on_ack(1, [], 0.1).acked == ()  # packet 0 still waits for seq 2
+    for seq in (3, 4, 5):  # packets 1-3
+        detector.on_packet_sent(MDS, [seq], 0.15)
+    detector.on_packet_sent(MDS, [1], 0.2)  # packet 4: seq 1 again, for the wiped peer
+    outcome = detector.on_ack(0, [(3, 5)], 0.25)  # not the new copy of seq 1 yet
+    assert [p.number for p in outcome.lost] == [0]
+    assert outcome.resend == (2,)  # seq 1 is carried by packet 4, not orphaned
+    assert [p.number for p in detector.on_ack(1, [], 0.3).acked] == [4]  # as usual
+
+
 def test_probe_timeout_fires_and_backs_off() -> None:
     rtt = RttEstimator(0.1)
     detector = LossDetector(rtt, max_ack_delay=0.025)
